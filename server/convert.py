@@ -48,7 +48,7 @@ from engine.ratecard import (
     rate_key,
 )
 from engine.ratecard import Finding as EngineFinding
-from server.shown_text import LINE_BREAKS, NOT_IN_A_LINE, NOT_IN_A_NOTE
+from server.shown_text import LINE_BREAKS, NOT_IN_A_LINE, NOT_IN_A_NOTE, escaped
 
 # Proto enum fields take their value's name, which is what the engine's StrEnums hold.
 
@@ -151,7 +151,7 @@ def check_shown_text(text: str, field: str, what: str = "a name", *, lines: bool
 def shown_key(key: str) -> str:
     """A map entry's key as a field path names it: the characters check_shown_text refuses escaped as Python's
     repr escapes them ("re\\u202egion"), so that an answer refusing the key does not carry them either."""
-    return NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), key)
+    return escaped(key)
 
 
 def check_shown_entries(entries: Mapping[str, str], field: str, what: str, *, path: str = "[{}]") -> None:

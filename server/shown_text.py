@@ -1,5 +1,6 @@
 """Which characters break or reverse how a text is shown: what a new request's free texts may not hold
-(server/convert.py check_shown_text). Only `re`: the command line imports it too."""
+(server/convert.py check_shown_text), and what the CLI's tables escape in every text the server answers
+(server/admin/output.py). Only `re`: the command line imports it too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import re
 # letters of every script (Arabic and Hebrew included: they show right to left without any control), accents,
 # emoji and the zero-width joiner they are built with. Checked where the request enters, not in the engine: records
 # journaled before the check replay as they were made. Ids have their own grammar (engine/control.py check_id).
+# Texts the server never checks for them (usage events' dimension values and transaction ids, reservation and
+# request ids) and records journaled before the check still hold them: the CLI shows them escaped (`escaped`).
 
 # Right-to-left and left-to-right marks, embeddings, overrides and isolates (Unicode's Bidi_Control property).
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
@@ -21,3 +24,10 @@ LINE_BREAKS = frozenset("\n\r\x0b\x0c\x85\u2028\u2029")
 NOT_IN_A_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 # A note is written in lines: it may hold a line feed and a tab, and nothing else of those.
 NOT_IN_A_NOTE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
+
+
+def escaped(text: str) -> str:
+    """`text` with each character NOT_IN_A_LINE matches written as Python's unicode_escape writes it (`\\x1b`,
+    `\\u202e`, `\\n`): one line that drives no terminal and reads in its order. Every other character is kept, so
+    accents, CJK, Arabic and Hebrew letters and emoji show as they are."""
+    return NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)

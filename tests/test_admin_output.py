@@ -1,6 +1,6 @@
 """The CLI's time column (server/admin/output.py when): unset fields print empty, every set time prints, the
 epoch too, with its fractional seconds when it has any; tables written line by line past a row count print exactly
-what rich's layout prints."""
+what rich's layout prints; texts are shown escaped where they would break a line, drive the terminal or reverse."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.admin import output
-from server.admin.output import Cell, when
+from server.admin.output import Cell, echo_line, when
+from server.shown_text import escaped
 
 
 def test_a_period_starting_at_the_epoch_prints_its_time_not_a_blank() -> None:
@@ -110,3 +111,47 @@ def test_a_long_title_wraps_as_rich_wraps_it(
     title = "grants of " + "a-very-long-customer-id " * 20
     assert printed(capsys, monkeypatch, -1, rows, title=title) == printed(capsys, monkeypatch, 10**9, rows, title=title)
     assert printed(capsys, monkeypatch, -1, rows, title=None) == printed(capsys, monkeypatch, 10**9, rows, title=None)
+
+
+# Texts shown escaped (server/shown_text.py escaped, applied by print_table and echo_line).
+
+
+def test_controls_line_breaks_and_bidi_controls_are_escaped_as_python_writes_them() -> None:
+    text = "a\x1b[31mb\u202ec\r\nd\te\x00\x7f\x85\x9b\u2028\u2029\u061c\u200e\u200f\u202a\u2066\u2069"
+    shown = "a\\x1b[31mb\\u202ec\\r\\nd\\te\\x00\\x7f\\x85\\x9b\\u2028\\u2029\\u061c\\u200e\\u200f\\u202a\\u2066\\u2069"
+    assert escaped(text) == shown
+    assert escaped(text) == repr(text)[1:-1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Zürich", "naïve café", "東京 株式会社", "مرحبا", "שלום", "👍🏽", "👨\u200d👩\u200d👧", "a\\nb", "[bold]x", ""],
+)
+def test_ordinary_text_is_shown_as_it_is(text: str) -> None:
+    """Accents, CJK, right-to-left letters (no control needed), emoji with the zero-width joiner, a backslash."""
+    assert escaped(text) == text
+
+
+@pytest.mark.parametrize("count", [3, 250])
+def test_a_table_shows_every_cell_header_and_title_escaped_on_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """Hostile texts in cells, a column and the title: each row one line, no raw character, and the same text
+    whichever path writes the rows (line by line is taken: the escaped texts are printable ASCII)."""
+    columns = ("transaction \u202e", "region")
+    rows: list[tuple[Cell, ...]] = [(f"t-\x1b[2J\u2066\n{n}", "\x1b[31mred\r\nx") for n in range(count)]
+    escaped_rows = [tuple(escaped(str(cell)) for cell in row) for row in rows]
+    assert output.plain_rows_lines(output.console(), [escaped(c) for c in columns], escaped_rows, "t") is not None
+    by_rich = printed(capsys, monkeypatch, 10**9, rows, columns, title="lines of c\x1b[0m")
+    assert printed(capsys, monkeypatch, -1, rows, columns, title="lines of c\x1b[0m") == by_rich
+    lines = by_rich.splitlines()
+    assert len(lines) == 3 + count  # title, header, rule, rows
+    assert lines[0].strip() == "lines of c\\x1b[0m"
+    assert lines[1].split() == ["transaction", "\\u202e", "region"]
+    assert lines[3].split() == ["t-\\x1b[2J\\u2066\\n0", "\\x1b[31mred\\r\\nx"]
+    assert not any(char in by_rich for char in "\x1b\u202e\u2066\r")
+
+
+def test_a_line_printed_for_people_is_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    echo_line("alert \x1b[2J\u202enote\r\nnext", err=True)
+    assert capsys.readouterr().err == "alert \\x1b[2J\\u202enote\\r\\nnext\n"

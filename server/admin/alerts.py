@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.admin.output import JOURNAL_SEQ, message_dict, pairs, print_json, print_table, when
+from server.admin.output import JOURNAL_SEQ, echo_line, message_dict, pairs, print_json, print_table, when
 from server.admin.remote import Remote, remote_command, until_interrupted
 
 if TYPE_CHECKING:
@@ -119,7 +119,10 @@ def watch_alerts(remote: Remote, after_seq: int, count: int | None) -> None:
     with remote.client() as client:
         stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=after_seq))
         for seen, alert in enumerate(stream, start=1):
-            click.echo(json.dumps(message_dict(alert)) if remote.as_json else alert_line(alert))
+            if remote.as_json:
+                click.echo(json.dumps(message_dict(alert)))
+            else:
+                echo_line(alert_line(alert))
             if count is not None and seen >= count:
                 stream.cancel()
                 return

@@ -1,5 +1,12 @@
 """How client commands print: rich tables for people, JSON for scripts, and the parsing of `key=value` arguments.
 
+What people read shows every text the server answered on one line and in its order: a control character, line
+break or bidirectional control in it (server/shown_text.py; a usage event's dimension value or transaction id is
+never checked for them, and records journaled before the server checked names and notes may hold them) is written
+escaped, as Python writes it (`\\x1b`, `\\u202e`, `\\n`), in every table cell, header and title and every line
+printed; so an ESC sequence drives no terminal, a U+202E reverses nothing and a CR/LF splits no row. JSON carries
+the texts exactly (it escapes controls itself).
+
 JSON is protobuf's JSON mapping with the proto field names (`customer_id`), empty scalars, lists and maps
 included (unset message fields, such as a time, left out); decimal amounts stay strings and 64-bit integers
 are strings, as that mapping has them. rich and
@@ -16,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+from server.shown_text import escaped
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -89,7 +98,10 @@ COLUMN_GAP = "   "  # between two columns of a SIMPLE_HEAD table without edge pa
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Cell]], title: str | None = None) -> None:
-    texts = [tuple("" if cell is None else str(cell) for cell in row) for row in rows]
+    """The table for people: every text escaped first (`escaped`), so both ways of writing it print the same."""
+    texts = [tuple("" if cell is None else escaped(str(cell)) for cell in row) for row in rows]
+    columns = [escaped(column) for column in columns]
+    title = None if title is None else escaped(title)
     out = console()
     fast = plain_rows_lines(out, columns, texts, title) if len(texts) > PLAIN_ROWS_MIN else None
     if fast is not None:
@@ -144,6 +156,11 @@ def plain_rows_lines(
     if last != line(widest):
         return None
     return "".join(f"{text}\n" for text in (*head, *(line(row) for row in rows)))
+
+
+def echo_line(text: str, err: bool = False) -> None:
+    """One line for people (a watched alert or balance, a failure on stderr), its texts escaped (`escaped`)."""
+    click.echo(escaped(text), err=err)
 
 
 def print_fields(fields: Sequence[tuple[str, Cell]], title: str | None = None) -> None:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from server.admin.output import echo_line
+
 if TYPE_CHECKING:
     from tariff import AsyncTariffClient, TariffClient, TariffError
 
@@ -114,7 +116,7 @@ def no_answer_text(error: TariffError, timeout_s: float) -> str | None:
 
 
 def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"tariff: {message}", err=True)
+    echo_line(f"tariff: {message}", err=True)
     sys.exit(status)
 
 

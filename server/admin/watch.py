@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.admin.output import message_dict
+from server.admin.output import echo_line, message_dict
 from server.admin.remote import Remote, remote_command, until_interrupted
 
 if TYPE_CHECKING:
@@ -41,8 +41,10 @@ def watch_balance(remote: Remote, customer_id: str, count: int | None) -> None:
     with remote.client() as client:
         stream = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id=customer_id))
         for seen, balance in enumerate(stream, start=1):
-            text = json.dumps(message_dict(balance)) if remote.as_json else balance_line(balance)
-            click.echo(text)
+            if remote.as_json:
+                click.echo(json.dumps(message_dict(balance)))
+            else:
+                echo_line(balance_line(balance))
             if count is not None and seen >= count:
                 stream.cancel()
                 return
