@@ -94,3 +94,22 @@ def test_usage_send_shows_a_rejected_transaction_id_escaped_and_its_json_exactly
     assert line_holding(shown.stdout, TRANSACTION_SHOWN).split()[:3] == ["UNKNOWN_CUSTOMER", "1", TRANSACTION_SHOWN]
     as_json = tariff(server, "usage", "send", "--no-progress", "--json", stdin=line, check=False)
     assert [example["transaction_id"] for example in json.loads(as_json.stdout)["rejections"]] == [TRANSACTION]
+
+
+# A name the intake takes (brackets and colons are ordinary characters) that rich would read as markup and emoji
+# codes: shown as rich's markup it would print "Acme" in red and a smiling face, and its stray closing tag made the
+# command fail with a traceback.
+MARKUP_NAME = "[red]Acme[/red] :smile: [/x] [link=http://e]"
+
+
+@pytest.mark.parametrize("rows", [1, 250])  # rich's own layout, and the line-by-line path of long tables
+def test_a_name_rich_would_read_as_markup_is_shown_as_it_is(server: ServerProcess, rows: int) -> None:
+    with server.client() as client:
+        for n in range(rows):
+            customer_id = f"markup-{rows}-{n:03}"
+            client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=MARKUP_NAME))
+    shown = tariff(server, "customers", "list")
+    assert shown.returncode == 0, shown.stderr
+    named = [line.split(None, 1) for line in shown.stdout.splitlines() if line.startswith(f"markup-{rows}-")]
+    assert len(named) == rows, shown.stdout
+    assert {rest.strip().startswith(MARKUP_NAME) for _, rest in named} == {True}, shown.stdout

@@ -4,7 +4,8 @@ What people read shows every text the server answered on one line and in its ord
 break or bidirectional control in it (server/shown_text.py; a usage event's dimension value or transaction id is
 never checked for them, and records journaled before the server checked names and notes may hold them) is written
 escaped, as Python writes it (`\\x1b`, `\\u202e`, `\\n`), in every table cell, header and title and every line
-printed; so an ESC sequence drives no terminal, a U+202E reverses nothing and a CR/LF splits no row. JSON carries
+printed; so an ESC sequence drives no terminal, a U+202E reverses nothing and a CR/LF splits no row. Texts are
+rich's plain text, never its markup (`literal`): `[red]` or `:smile:` in a name prints as written. JSON carries
 the texts exactly (it escapes controls itself).
 
 JSON is protobuf's JSON mapping with the proto field names (`customer_id`), empty scalars, lists and maps
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
 Cell = str | int | float | None
 
@@ -110,37 +112,42 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Cell]], title: s
         return
     table = rich_table(columns, title)
     for row in texts:
-        table.add_row(*row)
+        table.add_row(*(literal(text) for text in row))
     out.print(table)
+
+
+def literal(text: str) -> Text:
+    """`text` for rich as it is: a server's text is data, never markup (`[red]`, a stray `[/x]` that rich refuses
+    with an error) nor an emoji code (`:smile:`), which rich reads in a plain string."""
+    from rich.text import Text
+
+    return Text(text)
 
 
 def rich_table(columns: Sequence[str], title: str | None) -> Table:
     from rich import box
     from rich.table import Table
 
-    return Table(*columns, title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)
+    shown_title = None if title is None else literal(title)
+    table = Table(title=shown_title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(literal(column))  # Table(*columns) takes only strings (read as markup) or Columns
+    return table
 
 
 def plain_rows_lines(
     out: Console, columns: Sequence[str], rows: Sequence[Sequence[str]], title: str | None
 ) -> str | None:
     """What rich prints for the table, made without rich laying out each row; None when that cannot be sure of
-    being identical: styles would be written (a terminal with colours), a cell is not plain printable ASCII as
-    rich shows it (markup, an emoji code, a tab, a wide character), or the table does not fit the console's width
+    being identical: styles would be written (a terminal with colours), a cell is not plain printable ASCII (a tab, a
+    wide character; markup and emoji codes are text, `literal`), or the table does not fit the console's width
     (rich would wrap cells). rich lays out the title, the header and one row of the widest width of each column:
     when that row comes out as the cells padded and joined by COLUMN_GAP, every row does, the widths being the same."""
-    from rich.errors import MarkupError
-
     if out.color_system is not None or any(len(row) != len(columns) for row in rows):
         return None
     for row in (columns, *rows):
         for text in row:
             if not (text.isascii() and text.isprintable()) or text != text.strip():
-                return None
-            try:
-                if ("[" in text or ":" in text) and out.render_str(text).plain != text:
-                    return None
-            except MarkupError:  # rich's own print raises it as it always did
                 return None
     widths = [max(len(text) for text in column) for column in zip(columns, *rows, strict=True)]
 
