@@ -122,13 +122,18 @@ def refused(call: Callable[[], object], field: str, description: str) -> None:
     assert message == f"{field}: {description}"
 
 
-def customer_exists(client: TariffClient, customer_id: str) -> bool:
+def found(get: Callable[[], object]) -> bool:
+    """Whether `get()` finds what it reads: False when it answers NOT_FOUND."""
     try:
-        client.contracts.GetCustomer(c.GetCustomerRequest(id=customer_id))
+        get()
     except TariffError as exc:
         assert exc.code == grpc.StatusCode.NOT_FOUND
         return False
     return True
+
+
+def customer_exists(client: TariffClient, customer_id: str) -> bool:
+    return found(lambda: client.contracts.GetCustomer(c.GetCustomerRequest(id=customer_id)))
 
 
 def product_ids(client: TariffClient) -> list[str]:
@@ -136,12 +141,7 @@ def product_ids(client: TariffClient) -> list[str]:
 
 
 def card_exists(client: TariffClient, card_id: str) -> bool:
-    try:
-        client.pricing.GetRateCard(p.GetRateCardRequest(id=card_id))
-    except TariffError as exc:
-        assert exc.code == grpc.StatusCode.NOT_FOUND
-        return False
-    return True
+    return found(lambda: client.pricing.GetRateCard(p.GetRateCardRequest(id=card_id)))
 
 
 def latest_version(client: TariffClient) -> int:
