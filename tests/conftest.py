@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +26,61 @@ settings.load_profile(os.environ.get("TARIFF_HYPOTHESIS", "default"))
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; `make test-fast` deselects it")
+
+
+# The suite's longest files (durations summed per file, one `make test`-style run), longest first. `--dist loadfile`
+# hands files to the workers in collection order (`--no-loadscope-reorder`, in the Makefile; by default xdist would
+# order them by their number of tests, which put files of few long tests, such as the soak or the online rerating,
+# near the end, where one worker ran them alone while the others had finished). The order changes only when a test
+# runs, never what it checks; a file missing from the list runs after these, files with more tests first.
+LONGEST_FILES_FIRST = (
+    "test_fuzz_server.py",
+    "test_bench_smoke.py",
+    "test_audit_ops2_wire.py",
+    "test_soak.py",
+    "test_audit_credits_combo_wire.py",
+    "test_audit_reliab2_wire.py",
+    "test_server_rerate_online.py",
+    "test_cli.py",
+    "test_audit_longrun_wire.py",
+    "test_audit_ops3_wire.py",
+    "test_audit_concurrency_wire.py",
+    "test_audit_prechecks_wire.py",
+    "test_audit_interleave_wire.py",
+    "test_audit_contracts3_wire.py",
+    "test_audit_credits2_wire.py",
+    "test_audit_crossread_wire.py",
+    "test_audit_alerts_combo_wire.py",
+    "test_audit_monthend_wire.py",
+    "test_audit_holdretry_wire.py",
+    "test_audit_replayeq_wire.py",
+    "test_audit_rerating_wire.py",
+    "test_decimal_grammar_wire.py",
+    "test_server_auth.py",
+    "test_audit_gateway2_wire.py",
+    "test_server_ops.py",
+    "test_audit_cli3_wire.py",
+    "test_readme.py",
+    "test_crash.py",
+    "test_audit_calendar_wire.py",
+    "test_audit_obs_wire.py",
+    "test_clock_order_wire.py",
+    "test_audit_recovery_wire.py",
+    "test_server_limits.py",
+    "test_server_cohort_crash.py",
+    "test_audit_idleconns_wire.py",
+    "test_audit_revenue2_wire.py",
+    "test_audit_prices4_wire.py",
+    "test_audit_invoices3_wire.py",
+    "test_audit_topups_wire.py",
+    "test_audit_explain_wire.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FILES_FIRST)}
+    tests_in = Counter(item.path for item in items)
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -tests_in[item.path], str(item.path)))
 
 
 @pytest.fixture
