@@ -192,6 +192,17 @@ def grant(
     return made
 
 
+def customer_to_top_up(client: TariffClient, customer_id: str) -> contracts_pb2.SetTopUpPolicyRequest:
+    """A customer with a grant `<id>.G` of 10, and the top-up policy its races set: below 5 available, up to 20 at 1
+    USD a credit, at most 3 a period."""
+    contract_id = customer(client, customer_id)
+    grant(client, customer_id, f"{customer_id}.G", "10")
+    return contracts_pb2.SetTopUpPolicyRequest(
+        contract_id=contract_id,
+        top_up=contracts_pb2.TopUpPolicy(threshold="5", recharge_to="20", price_per_credit="1", max_per_period=3),
+    )
+
+
 def event(
     customer_id: str, key: str, n: int, at_ms: int | None = None, reservation_id: str = ""
 ) -> usage_pb2.UsageEvent:
@@ -342,12 +353,7 @@ def test_usage_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
     admin, reader = clients[0], clients[2]
     for i in range(ROUNDS):
         who = f"t-{i}"
-        contract_id = customer(admin, who)
-        grant(admin, who, f"{who}.G", "10")
-        policy = contracts_pb2.SetTopUpPolicyRequest(
-            contract_id=contract_id,
-            top_up=contracts_pb2.TopUpPolicy(threshold="5", recharge_to="20", price_per_credit="1", max_per_period=3),
-        )
+        policy = customer_to_top_up(admin, who)
         answers, states = race(
             clients[:2], reader, who, [ingest(who, "e", 8), rpc("contracts", "SetTopUpPolicy", policy)]
         )
@@ -827,12 +833,7 @@ def test_a_hold_racing_a_top_up_policy_buys_only_when_the_policy_came_first(
     admin = clients[0]
     for i in range(ROUNDS // 2):
         who = f"ht-{i}"
-        contract_id = customer(admin, who)
-        grant(admin, who, f"{who}.G", "10")
-        policy = contracts_pb2.SetTopUpPolicyRequest(
-            contract_id=contract_id,
-            top_up=contracts_pb2.TopUpPolicy(threshold="5", recharge_to="20", price_per_credit="1", max_per_period=3),
-        )
+        policy = customer_to_top_up(admin, who)
         answers, states = race(
             clients[:2], clients[2], who, [hold(who, "r", 8), rpc("contracts", "SetTopUpPolicy", policy)]
         )
