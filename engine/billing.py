@@ -26,31 +26,23 @@ import msgspec
 if TYPE_CHECKING:
     import mmap  # the server's maps of segment files; engine/ reads them as bytes-like only
 
-from engine import alerts, balances, credits, explain, pending, revenue
+from engine import alerts, balances, credits
 from engine import commands as cmd
-from engine._kernel import DedupeSegment, HoldingBatch, Kernel
+from engine._kernel import DedupeSegment, Kernel
 from engine.balances import BalanceView
+from engine.billing_publish import PublishSteps
+from engine.billing_reads import BillingReads
 from engine.contracts import Contract
 from engine.control import encode_state_parts
-from engine.errors import AlreadyExists, EngineError, NotFound
-from engine.explain import Line
-from engine.instants import iso
-from engine.invoices import CreditWanted, Invoice, KernelAdjustment, LineAdjustment, PeriodRead
-from engine.ledger import Grant, GrantKind
+from engine.errors import AlreadyExists
+from engine.invoices import Invoice
+from engine.ledger import Grant
 from engine.rerate import (
     PlanInSlices,
-    Rerated,
-    RerationPlan,
-    Simulation,
-    plan_rerating,
-    rerate_slice,
-    simulate,
-    with_rerated,
 )
 from engine.state import Engine
 from engine.tables import DEDUPE_WINDOW_MS_DEFAULT, FUTURE_SKEW_MS_DEFAULT, TableCompiler
 from engine.tables_paced import cohort_members_steps, compile_all_steps, compile_customers_steps, run_steps
-from engine.versions import PublishResult
 
 HOUR_MS = 3_600_000
 SNAPSHOT_FORMAT = 2
@@ -73,15 +65,6 @@ class Ingested:
     # The customers its accepted events touched: listed only while tracking is on (see `set_watching`).
     touched: tuple[str, ...] = ()
     alerts: tuple[alerts.FiredAlert, ...] = ()  # the alerts it fired (engine/alerts.py)
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    allowed: bool
-    reason: str
-    message: str
-    cost: int
-    available: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +108,7 @@ def _bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
-class Billing:
+class Billing(PublishSteps, BillingReads):
     def __init__(
         self,
         engine: Engine | None = None,
@@ -275,189 +258,6 @@ class Billing:
             self.notice(kind, customer_id, {key: str(value) for key, value in details.items()}, at_ms, seq)
             customers.append(customer_id)
         return customers
-
-    def _publish_and_rerate(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
-        """PublishVersion whole, its re-rating included, everyone at once (tests, tools, and the replay of a publish
-        record an earlier release wrote). The server now defers the re-rating (publish_deferred, engine/pending.py),
-        which gives each customer the same state. Deterministic: replaying the command re-rates the same."""
-        plan = self.rerate_plan(command)
-        published = self.publish(command, seq)
-        done = Rerated()
-        self.start_rerating()
-        if plan is not None:
-            self.refresh_tables()  # the new timeline, which the re-rating prices with
-            for customers in plan.slices():
-                done.merge(self.rerate_slice(plan, customers, seq))
-                self.rerated(customers, command.at_ms, seq)
-        return with_rerated(published, done)
-
-    def rerate_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> RerationPlan | None:
-        """What publishing would re-rate, checked (FailedPrecondition otherwise); changes nothing."""
-        return plan_rerating(self.engine.state, self.kernel, command, self.refresh_tables)
-
-    def publish(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
-        """The control plane's half of PublishVersion; the kernel's tables are then stale (refresh them before
-        re-rating)."""
-        result = self.engine.apply(command, seq)
-        assert isinstance(result, PublishResult)
-        self._note_published(command.rate_card_id, result.version.number)
-        return result
-
-    def _note_published(self, rate_card_id: str, number: int) -> None:
-        """A version was published: appended to the tables loaded at the next refresh (its cost the version's, not
-        the customers'), or compiled with the whole tables when they are stale anyway."""
-        if self._tables_stale or self._refreshing:
-            self._tables_stale = True
-        else:
-            self._appends.append((rate_card_id, number))
-
-    def rerate_slice(self, plan: RerationPlan, customers: list[str], seq: int) -> Rerated:
-        """Re-rates some of a publish's customers (the kernel's lock held a customer at a time, GIL released)."""
-        done = rerate_slice(self.kernel, plan, customers, seq)
-        self._rerate_changed.update(done.amounts_changed)
-        return done
-
-    def start_rerating(self) -> None:
-        """A publish's re-rating begins: no customer counts as touched by it yet."""
-        self._kernel_touched = ()
-        self._rerate_changed = set()
-
-    def rerated(self, customers: list[str], at_ms: int, seq: int) -> None:
-        """After a slice of record `seq`'s re-rating (rerate_slice): those of its customers whose charges or draws
-        it changed count as touched (balance watchers wake, see touched_customers; a customer whose buckets only
-        changed version does not), and the balance rules are evaluated for every customer of the slice at the
-        publish's time, in the plan's order, as for any record (the fired alerts are kept for take_fired();
-        replay re-rates the same slices and so fires the same)."""
-        self._kernel_touched += tuple(c for c in customers if c in self._rerate_changed)
-        self._fired.extend(self._evaluate_alerts(customers, at_ms, seq))
-
-    # A publish planned a slice at a time (engine/rerate.py PlanInSlices) --------------------------------
-
-    def begin_plan(self, command: cmd.PublishVersion | cmd.RollbackRateCard) -> bool:
-        """Starts planning the publish a slice of customers at a time (the tables must be current); False when
-        it has nothing to plan (the engine refuses it anyway). Until `finish_plan`, only usage, holds and the
-        clock may apply: they record the customers they change, whom the plan looks at again."""
-        assert self.planning is None, "a publish is being planned already"
-        self.planning = PlanInSlices.begin(self.engine.state, command)
-        return self.planning is not None
-
-    def plan_step(self, limit: int) -> bool:
-        """The next slice of the plan (the kernel's lock shared, the GIL released); whether more remain.
-        FailedPrecondition, ending the planning, when the usage it covers cannot be priced again."""
-        planning = self.planning
-        assert planning is not None, "no publish is being planned"
-        try:
-            return planning.step(self.kernel, limit)
-        except EngineError:
-            self.planning = None
-            raise
-
-    def finish_plan(self) -> RerationPlan | None:
-        """The plan on the state now, which is what `rerate_plan` gives here; ends the planning."""
-        planning, self.planning = self.planning, None
-        assert planning is not None, "no publish is being planned"
-        return planning.finish(self.kernel)
-
-    # A re-rating online (engine/pending.py) ------------------------------------------------------------
-
-    def publish_deferred(self, command: cmd.PublishVersion | cmd.RollbackRateCard, seq: int) -> PublishResult:
-        """PublishVersion as the server journals it (replay): checked and published, its re-rating left pending
-        (the writer's steps, in one call)."""
-        plan = self.rerate_plan(command)
-        published = self.publish(command, seq)
-        self.defer_rerating(plan, seq)
-        return published
-
-    def defer_rerating(self, plan: RerationPlan | None, seq: int) -> None:
-        """After record `seq` published: its re-rating, if any, is pending (a usage batch, Reserve or release
-        re-rates the pending customers it names first; finish_rerating re-rates the rest)."""
-        self.start_rerating()
-        if plan is not None:
-            self.refresh_tables()  # the new timeline, which the re-rating prices with
-            self.engine.state.rerating = pending.start(plan, seq)
-
-    @property
-    def rerating(self) -> pending.PendingRerating | None:
-        """The publish's re-rating still pending, if any."""
-        return self.engine.state.rerating
-
-    def rerate_next(self, limit: int) -> int:
-        """A background slice of the pending re-rating: up to `limit` customers, next in plan order (the kernel's
-        lock held a customer at a time, GIL released); returns how many. No record: see engine/pending.py."""
-        rerating = self.engine.state.rerating
-        return 0 if rerating is None else pending.rerate_next(self.kernel, rerating, limit)
-
-    def finish_rerating(self, seq: int, at_ms: int) -> Rerated:
-        """The pending re-rating's completion as record `seq`: whoever is still pending is re-rated, and the
-        balance rules evaluated at `at_ms` for every customer of the plan, in plan order (the fired alerts are
-        kept for take_fired()). Returns what the whole re-rating did."""
-        rerating = self.engine.state.rerating
-        assert rerating is not None, "no re-rating is pending"
-        pending.rerate_all(self.kernel, rerating)
-        self.engine.state.rerating = None
-        self.engine.state.last_seq = seq
-        changed = set(rerating.changed)
-        self._kernel_touched = tuple(customer for customer in rerating.customers if customer in changed)
-        self._fired.extend(self._evaluate_alerts(rerating.customers, at_ms, seq))
-        done = Rerated(amounts_changed=list(self._kernel_touched))
-        done.add(rerating.done)
-        self._rerating_ended()
-        return done
-
-    def on_rerating_end(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Has `listener` called each time a pending re-rating ends: completed (`finish_rerating`, on the thread
-        that runs it: the server's rating thread) or dropped with the state (`reset`, whose state may hold it
-        pending again). Returns the call that stops it. SimulateVersion waits so for its card's re-rating."""
-        self._rerating_end_listeners.append(listener)
-        return lambda: self._rerating_end_listeners.remove(listener)
-
-    def _rerating_ended(self) -> None:
-        for listener in tuple(self._rerating_end_listeners):  # a copy: the loop's thread may remove one meanwhile
-            listener()
-
-    def _rerate_named(self, command: cmd.AdminCommand) -> None:
-        """Re-rate on touch for the commands that may apply while a re-rating is pending (Reserve and
-        ReleaseReservation name one customer, a ReserveBatch its holds' customers, an AdvanceClock those whose
-        holds it expires: engine/credits.py); the writer completes a re-rating before any other. While a publish is
-        planned, the same commands record the customers they change for the plan to look at again."""
-        rerating = self.engine.state.rerating
-        if rerating is None and self.planning is None:
-            return
-        if isinstance(command, cmd.AdvanceClock):
-            if self.planning is not None:
-                # Beside a publish being planned it applies whole (nothing is pending: replay applies it so, the
-                # publish not being journaled yet): the accounts whose holds expire, and those of which a grant
-                # ends (`_apply_kernel_command`), are looked at again.
-                self.planning.touch(self.kernel.holds_due_by(command.at_ms))
-                return
-            assert rerating is not None
-            pending.rerate(self.kernel, rerating, self.kernel.holds_due_by(command.at_ms))
-            return
-        assert isinstance(command, cmd.Reserve | cmd.ReleaseReservation | cmd.ReserveBatch), (
-            f"{type(command).__name__} applied while a publish is planned or its re-rating pending"
-        )
-        if isinstance(command, cmd.ReserveBatch):
-            named = self.kernel.hold_customers(command.requests)
-        else:
-            named = [command.customer_id]
-        if self.planning is not None:
-            self.planning.touch(named)
-        if rerating is not None:
-            pending.rerate(self.kernel, rerating, named)
-
-    def _rerate_touched(self, batch: bytes) -> None:
-        """Re-rate on touch for a usage batch: the pending customers it names, before it is rated."""
-        rerating = self.engine.state.rerating
-        if rerating is None and self.planning is None:
-            return
-        try:
-            named = self.kernel.batch_customers(batch)
-        except ValueError:
-            return  # not a UsageBatch: ingestion refuses it, changing nothing
-        if self.planning is not None:
-            self.planning.touch(named)  # before it is rated: a refused batch touches no more than it names
-        if rerating is not None:
-            pending.rerate(self.kernel, rerating, named)
 
     def ingest(
         self,
@@ -736,36 +536,6 @@ class Billing:
 
     # Reads ---------------------------------------------------------------------------------------------
 
-    def _period_read(
-        self, customer_id: str, at_ms: int, in_contract: bool, read_ms: int | None, credit: CreditWanted | None
-    ) -> PeriodRead:
-        """The kernel's invoice lines of a period (engine/invoicing.py reads them through this), the customer's
-        re-rating adjustments and top-up purchases and, when `credit` wants it for the period's grants, its grant
-        credit, in one kernel call (one lock): a draft's read, off the writer, which may rate a batch or re-rate the
-        customer between two calls, and a close's alike. `in_contract`: the version parts count the hours before
-        the contract's end only; `read_ms`: a draft read then sees what fell due by then as the clock's record
-        will leave it (Kernel.account_read). The credit by grant id: (what the grant still has, its remainder
-        and what open reservations hold on it; the breakage recorded from it), as the lines' account holds them
-        (`read_ms`: as the clock's record of what fell due by then will leave them). Invoices show a rolled-over or
-        expired grant's breakage so (engine/invoices.py)."""
-        self.refresh_tables()
-        period, adjustments, purchases, rows = self.kernel.invoice_read(
-            customer_id, at_ms, in_contract, read_ms, credit
-        )
-        # A grant id held twice keeps its last grant's, as a dict built in burn order does.
-        by_id = None if rows is None else {grant_id: (has, broken) for grant_id, has, broken in rows}
-        return period, adjustments, purchases, by_id
-
-    def _kernel_recorded(self, customer_id: str) -> tuple[int, int]:
-        """How many TOP_UP grants the kernel has made for a customer and breakage entries it has recorded (each list
-        in the order recorded): a close keeps them, so revenue tells what came after it in journal order."""
-        top_ups = sum(1 for made in self.kernel.made_grants(customer_id) if made[1] == GrantKind.TOP_UP)
-        return top_ups, len(self.kernel.breakage(customer_id))
-
-    def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
-        """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
-        return self.kernel.adjustments(customer_id)
-
     def balance(self, customer_id: str, now_ms: int) -> BalanceView:
         """The customer's balance at now_ms (engine/balances.py)."""
         return balances.balance(self, customer_id, now_ms)
@@ -773,74 +543,6 @@ class Billing:
     def balance_encoded(self, customer_id: str, now_ms: int) -> BalanceView:
         """`balance`, its top-up grants encoded by the kernel (engine/balances.py): GetBalance's and WatchBalance's."""
         return balances.balance_encoded(self, customer_id, now_ms)
-
-    def estimate(
-        self, customer_id: str, event_type: str, dimensions: dict[str, str], values: dict[str, float], now_ms: int
-    ) -> Estimate:
-        """Authorize: the kernel prices the usage exactly as ingesting it now would, and decides."""
-        self.refresh_tables()
-        allowed, reason, message, cost, available = self.kernel.authorize(
-            customer_id, event_type, list(dimensions.items()), list(values.items()), now_ms
-        )
-        return Estimate(allowed, reason, message, cost, available)
-
-    def authorize_batch(
-        self,
-        batch: bytes,
-        now_ms: int,
-        requests_max: int,
-        allowed: list[str] | None,
-        ttl_max_ms: int,
-        id_seed: bytes,
-        message_number: int,
-    ) -> tuple[bytes | HoldingBatch, int]:
-        """AuthorizeBatches on raw bytes, and how many decisions the message holds: the AuthorizeBatchResult bytes
-        the kernel encodes for an AuthorizeBatch's bytes, each request priced as `estimate` prices it; or, when
-        requests ask for holds, a HoldingBatch whose `requests` the writer applies as one ReserveBatch command
-        (engine/credits.py) and whose `finish` then gives the result. Raises the kernel's refusals of a whole
-        message (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing,
-        RequestIdTooLong), having decided nothing."""
-        self.refresh_tables()
-        return self.kernel.authorize_batch_holding(
-            batch, now_ms, requests_max, allowed, ttl_max_ms, id_seed, message_number
-        )
-
-    def revenue_report_steps(
-        self, start_ms: int | None, end_ms: int | None, customer_id: str, at_ms: int
-    ) -> Generator[None, None, revenue.Report]:
-        """GetRevenueReport's steps (engine/revenue.py report_steps) over the kernel's usage and credits: the grants
-        made and the breakage as at at_ms, a rollover or expiry that fell due and that the clock has not recorded
-        yet counting as it will be recorded, as GetBalance shows it."""
-        kernel = self.kernel
-
-        def read_of(customer_id: str) -> revenue.CustomerRead:
-            # One kernel call (one lock): the writer's thread may rate a batch of the customer between two.
-            aggregates, made, breakage = kernel.revenue_read(customer_id, at_ms)
-            return aggregates, revenue.KernelCredits(made, breakage)
-
-        return revenue.report_steps(self.engine, read_of, start_ms, end_ms, customer_id)
-
-    def explain_line(self, customer_id: str, period_start_ms: int, line_id: str) -> tuple[Line, list[LineAdjustment]]:
-        """ExplainLineItem's line of a period and its re-rating adjustments (engine/explain.py); NotFound when the
-        line has no usage in the period. One kernel call (one lock): a re-rating slice applied between a read of the
-        line and one of the adjustments would set the new adjustments beside the old amount, which the pages (the
-        line's events and the adjustments' deltas) do not sum to."""
-        usage, adjustments = self.kernel.usage_adjusted(customer_id)
-        lines = explain.period_lines(self.engine, usage, period_start_ms)
-        line = lines.get(line_id)
-        if line is None:
-            raise NotFound(
-                f"line {line_id!r} has no usage in the period of customer {customer_id!r} starting "
-                f"{iso(period_start_ms)}"
-            )
-        return line, explain.line_adjustments(self.engine, customer_id, period_start_ms, line, adjustments)
-
-    def simulate(
-        self, rate_card_id: str, version: int, start_ms: int, end_ms: int, customer_ids: list[str]
-    ) -> Simulation:
-        """SimulateVersion: the recorded usage priced again with one version; changes nothing."""
-        self.refresh_tables()
-        return simulate(self.engine.state, self.kernel, rate_card_id, version, start_ms, end_ms, customer_ids)
 
     # Snapshots -----------------------------------------------------------------------------------------
 

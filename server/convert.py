@@ -9,7 +9,7 @@ from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2
 
 from engine import commands as cmd
 from engine.balances import BalanceView, GrantView
-from engine.billing import Estimate
+from engine.billing_reads import Estimate
 from engine.contracts import Contract, Customer, OveragePolicy, Override
 from engine.control import (
     EVENT_MAP_ENTRIES_MAX,

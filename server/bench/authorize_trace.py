@@ -43,7 +43,8 @@ SECONDS_MAX = 8.0  # the longest one run of calls may take
 
 def _install_tracing(path: str) -> None:
     """In the server process: timers around Authorize's handler and its kernel call, written out at exit."""
-    from engine.billing import Billing, Estimate
+    from engine.billing import Billing
+    from engine.billing_reads import Estimate
     from server.services.balance import BalanceService
 
     records: list[tuple[int, ...]] = []
@@ -89,7 +90,7 @@ def _install_tracing(path: str) -> None:
     def dump() -> None:
         Path(path).write_text(json.dumps({"calls": records, "gil_waits_ms": gil_waits_ms}))
 
-    Billing.estimate = traced_estimate  # type: ignore[method-assign]
+    Billing.estimate = traced_estimate  # type: ignore[method-assign,assignment]
     BalanceService._decide = traced_decide  # type: ignore[method-assign]
     atexit.register(dump)
 
