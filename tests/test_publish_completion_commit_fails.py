@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pytest
 from tariff.v1 import usage_pb2
 
-import server.sequencer as sequencer_module
+import server.sequencer_publish as sequencer_publish
 from engine import commands as cmd
 from engine.versions import PublishResult
 from server.errors import ResourceExhausted, Unavailable
@@ -104,7 +104,7 @@ async def _a_draft_to_publish(
 def test_a_publish_whose_completion_commit_fails_is_answered_once_its_rerating_completes_after_the_rebuild(
     monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    monkeypatch.setattr(sequencer_module, "SLICE_CUSTOMERS", 1)  # the completion comes in a group of its own
+    monkeypatch.setattr(sequencer_publish, "SLICE_CUSTOMERS", 1)  # the completion comes in a group of its own
     journal = _CompletionCommitsFail(error)
     world = _world()
 
@@ -135,7 +135,7 @@ def test_a_publish_whose_completion_commit_fails_is_answered_once_its_rerating_c
 def test_a_publish_whose_completion_cannot_commit_before_the_close_is_told_it_is_durable_and_a_retry_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sequencer_module, "SLICE_CUSTOMERS", 1)
+    monkeypatch.setattr(sequencer_publish, "SLICE_CUSTOMERS", 1)
     journal = _CompletionCommitsFail(JournalFull("no room (test)"), times=None)
     world = _world()
 
@@ -209,7 +209,7 @@ def test_a_publish_whose_completion_was_applied_on_a_group_whose_commit_failed_i
     """The commits are pipelined: the group holding the completion record is applied while the group before it
     commits, and when that commit fails the completion's group is dropped with it ("an earlier batch's commit"),
     the publish durable all the same."""
-    monkeypatch.setattr(sequencer_module, "SLICE_CUSTOMERS", 1)
+    monkeypatch.setattr(sequencer_publish, "SLICE_CUSTOMERS", 1)
     planned = ("acme", "beta", "delta", "echo")  # re-rated a customer a group: acme beside the publish's record
     journal = _HeldThenRefused()
     world = _world((*planned, "gamma"))  # gamma has no usage before: not in the plan

@@ -25,6 +25,7 @@ from engine.errors import FailedPrecondition
 from engine.invoices import GrantBalance, Invoice
 from engine.ledger import GrantKind
 from server import sequencer as writer
+from server import sequencer_publish
 from server.demo import demo_commands
 from server.journal import MemoryJournal
 from server.records import decode_record
@@ -265,7 +266,7 @@ def test_a_release_after_the_ttl_finds_the_hold_expired_also_beside_a_pending_re
     AdvanceClock only expires holds (engine/credits.py); the release must not wait for the driver's look to lose.
     The expiry is journaled between the publish and the completion record, the release not at all; replay gives
     the live state."""
-    monkeypatch.setattr(writer, "RERATE_SLICE_PAUSE_S", 0.5)
+    monkeypatch.setattr(sequencer_publish, "RERATE_SLICE_PAUSE_S", 0.5)
     journal = MemoryJournal()
     customers = [f"c{n:03d}" for n in range(200)]
     clock = [RECEIVED_MS]
@@ -349,7 +350,7 @@ def test_a_batch_after_a_grant_expired_during_a_rerating_completes_it_then_the_c
     batch and queued behind the publish, then rates the batch: it costs 3 and draws them from G2 (2 left), not
     from E (still 10 unexpired before the fix), nor from g-c150 (G2 applied after the batch). g-c150 keeps
     20 - 4 x 3 = 8. The journal holds them in that order and replay gives the live state byte for byte."""
-    monkeypatch.setattr(writer, "RERATE_SLICE_PAUSE_S", 0.5)
+    monkeypatch.setattr(sequencer_publish, "RERATE_SLICE_PAUSE_S", 0.5)
     journal = MemoryJournal()
     customers = [f"c{n:03d}" for n in range(200)]
     clock = [RECEIVED_MS]
@@ -402,9 +403,9 @@ def test_the_clock_drivers_look_after_a_grant_expired_during_a_rerating_complete
     20 - 4 x 3 = 8 (before the fix: the driver's AdvanceClock changed nothing, E stayed unexpired until the paced
     re-rating completed on its own, and G2 then applied before the breakage). The journal holds them in that order
     and replay gives the live state byte for byte."""
-    monkeypatch.setattr(writer, "RERATE_SLICE_PAUSE_S", 0.2)
+    monkeypatch.setattr(sequencer_publish, "RERATE_SLICE_PAUSE_S", 0.2)
     # The writer goes on with the slices after the hold's group: many left, so the driver's look comes first.
-    monkeypatch.setattr(writer, "SLICE_CUSTOMERS", 16)
+    monkeypatch.setattr(sequencer_publish, "SLICE_CUSTOMERS", 16)
     journal = MemoryJournal()
     customers = [f"c{n:03d}" for n in range(200)]
     clock = [RECEIVED_MS]

@@ -12,7 +12,7 @@ from collections.abc import Generator, Sequence
 import pytest
 from tariff.v1 import usage_pb2
 
-import server.sequencer as sequencer_module
+import server.sequencer_publish as sequencer_publish
 from engine import commands as cmd
 from engine.billing import Billing, CompiledTables
 from server.demo import demo_commands
@@ -97,7 +97,7 @@ def test_a_rerating_completed_after_a_failed_commit_compiles_the_tables_on_the_l
     """A rebuild after a failed commit leaves the tables stale (Billing.reset) and the publish's re-rating pending;
     its completion evaluates the balance rules of the plan's customers, which compiled the tables on the rating
     thread while GetBalance might have been finishing the same compile on the loop."""
-    monkeypatch.setattr(sequencer_module, "SLICE_CUSTOMERS", 1)  # the completion comes in a group of its own
+    monkeypatch.setattr(sequencer_publish, "SLICE_CUSTOMERS", 1)  # the completion comes in a group of its own
     journal = _CompletionCommitFails()
     compiled_on: list[int] = []
     world = World()
