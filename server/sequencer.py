@@ -74,7 +74,7 @@ from server.sequencer_publish import PublishWriting
 from server.snapshotting import PAUSE_EVERY_S, SNAPSHOT_POLICY_DEFAULT, SnapshotPolicy, Snapshots
 from server.usage_batches import UsageBatch, rate_batches_explained
 from server.worker import Worker
-from server.write_group import Submitted, _expired, _Group, _HeldPublish, _Submission
+from server.write_group import Group, HeldPublish, Submission, Submitted, past_deadline
 
 log = logging.getLogger("tariff.sequencer")
 
@@ -119,7 +119,7 @@ class Sequencer(PublishWriting):
         self.explain_index = explain_index
         self.journal = journal
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
-        self._queue: asyncio.Queue[_Submission] = asyncio.Queue()
+        self._queue: asyncio.Queue[Submission] = asyncio.Queue()
         self._writer_thread = Worker("tariff-journal")
         # Usage batches are rated here, not on the journal's thread, so one group's commit (fsync) overlaps the
         # next group's rating; the writer awaits each run, so it stays the one writer.
@@ -143,11 +143,11 @@ class Sequencer(PublishWriting):
         # Told after each durable group which customers it touched and the alert seq it reached, and with
         # (None, seq) after the state was rebuilt from the journal (server/watch.py).
         self.committed: Callable[[set[str] | None, int], None] | None = None
-        self._held: _HeldPublish | None = None  # a publish whose re-rating is pending: answered on completion
-        self._planning: _Submission | None = None  # a publish being planned (Billing.planning), not applied yet
+        self._held: HeldPublish | None = None  # a publish whose re-rating is pending: answered on completion
+        self._planning: Submission | None = None  # a publish being planned (Billing.planning), not applied yet
         # Admin commands that came while a publish was planned or its re-rating pending, in arrival order: they
         # apply once it completes (`_apply_deferred`), usage and holds applying meanwhile.
-        self._deferred: collections.deque[_Submission] = collections.deque()
+        self._deferred: collections.deque[Submission] = collections.deque()
         # The time of the group being applied (`_prepare`), None between groups: see `read_ms`.
         self._applying_ms: int | None = None
 
@@ -173,7 +173,7 @@ class Sequencer(PublishWriting):
         if self._closing or self.failure is not None:
             future.set_exception(Unavailable("the server is shutting down"))
         else:
-            self._queue.put_nowait(_Submission(command, future, deadline_monotonic))
+            self._queue.put_nowait(Submission(command, future, deadline_monotonic))
             self._arrived.set()
         return future
 
@@ -186,7 +186,7 @@ class Sequencer(PublishWriting):
             return
         self._closing = True
         if self._task is not None:
-            self._queue.put_nowait(_Submission(None, asyncio.get_running_loop().create_future()))
+            self._queue.put_nowait(Submission(None, asyncio.get_running_loop().create_future()))
             self._arrived.set()
             await self._task
         if self.failure is None:
@@ -205,9 +205,9 @@ class Sequencer(PublishWriting):
         # Pipelined: while one group's commit is in flight on the journal's thread (mostly fsync, which releases
         # the GIL), the next group is applied (its batches rated on the rating thread). At most one commit is in flight, answers
         # leave in journal order, and a snapshot is only taken when no uncommitted group is applied.
-        in_flight: _Group | None = None
-        prepared: _Group | None = None
-        taken: list[_Submission] = []
+        in_flight: Group | None = None
+        prepared: Group | None = None
+        taken: list[Submission] = []
         try:
             while True:
                 # Else: work, or a publish to plan, or re-rating to do.
@@ -265,7 +265,7 @@ class Sequencer(PublishWriting):
         finally:
             self.stopped.set()
 
-    def _stop_on(self, exc: BaseException, groups: tuple[_Group | None, ...], taken: list[_Submission]) -> None:
+    def _stop_on(self, exc: BaseException, groups: tuple[Group | None, ...], taken: list[Submission]) -> None:
         """The writer stops at a broken invariant: every caller still waiting is told nothing more was committed."""
         self.failure = exc
         log.critical("the writer stopped: %r", exc, exc_info=exc)
@@ -287,7 +287,7 @@ class Sequencer(PublishWriting):
             if not submission.future.done():
                 submission.future.set_exception(stopped)
 
-    async def _work_arrived_during(self, in_flight: _Group) -> bool:
+    async def _work_arrived_during(self, in_flight: Group) -> bool:
         """Waits for the commit in flight or for new work, whichever comes first; True if work came first."""
         commit = in_flight.commit
         if commit is None or commit.done() or self.snapshots.due():
@@ -300,19 +300,19 @@ class Sequencer(PublishWriting):
             arrival.cancel()
         return not self._queue.empty() and not commit.done()
 
-    async def _prepare(self, taken: list[_Submission]) -> _Group:
+    async def _prepare(self, taken: list[Submission]) -> Group:
         """Applies a group and encodes its records; answers nobody yet. Admin commands apply on the event loop;
         each run of consecutive usage batches is rated on the rating thread in one hop, awaited before the next
         command applies, so commands still apply strictly in order and never beside a batch."""
-        group = _Group(now_ms=self.clock_ms())
+        group = Group(now_ms=self.clock_ms())
         self._applying_ms = group.now_ms  # reads count due work by it while `taken` applies (`read_ms`)
         await self._advance_clock_due(group, bool(taken))
-        run: list[tuple[_Submission, UsageBatch]] = []
+        run: list[tuple[Submission, UsageBatch]] = []
         for submission in taken:
             if submission.future.cancelled():
                 continue
             command = submission.command
-            if isinstance(command, UsageBatch) and not _expired(submission):
+            if isinstance(command, UsageBatch) and not past_deadline(submission):
                 run.append((submission, command))
                 continue
             if run:
@@ -328,7 +328,7 @@ class Sequencer(PublishWriting):
                     await self._complete_planning(group)
                     await self._complete_rerating(group)
                 group.answers.append((submission, self.billing.last_seq, None))
-            elif _expired(submission):
+            elif past_deadline(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
                 group.answers.append((submission, 0, expired))
             elif not self._deferred_behind_publish(submission):
@@ -345,7 +345,7 @@ class Sequencer(PublishWriting):
         group.alerts_upto = self.billing.engine.state.alerts.last_seq
         return group
 
-    async def _advance_clock_due(self, group: _Group, commands: bool) -> None:
+    async def _advance_clock_due(self, group: Group, commands: bool) -> None:
         """Applies the AdvanceClock the clock driver (server/clock.py) would, first in the group, when something is
         due by the group's time: so that a hold whose TTL ran out is expired for every command and batch applied
         after it (a release is FAILED_PRECONDITION, a settling event NOTICE_RESERVATION_EXPIRED), however long the
@@ -365,7 +365,7 @@ class Sequencer(PublishWriting):
         elif self._planning is not None or not self._deferred:
             await self._advance_clock_to(group)
 
-    async def _expire_holds_due(self, group: _Group) -> None:
+    async def _expire_holds_due(self, group: Group) -> None:
         """Beside a pending re-rating: the AdvanceClock that expires the holds whose TTL ran out by the group's time,
         if any (Kernel.holds_due_by: the accounts due by then; looked at only once something is due)."""
         due_ms = self.billing.kernel.next_due()
@@ -373,7 +373,7 @@ class Sequencer(PublishWriting):
             return
         await self._advance_clock_to(group)
 
-    async def _clock_before(self, group: _Group) -> None:
+    async def _clock_before(self, group: Group) -> None:
         """Before a run of usage batches or a close (ClosePeriod, CloseDuePeriods), also one applied from the
         commands that waited behind a publish: the AdvanceClock due by the group's time, the kernel's tables compiled
         first when an admin command changed them (`Billing.tables_behind`). The group's first AdvanceClock saw
@@ -412,7 +412,7 @@ class Sequencer(PublishWriting):
             await self._refresh_tables()
         await self._advance_clock_to(group)
 
-    async def _advance_clock_to(self, group: _Group) -> None:
+    async def _advance_clock_to(self, group: Group) -> None:
         """Applies AdvanceClock(group time) when the kernel has something due by then, journaled as the driver's."""
         due_ms = clock_work_due_ms(self.billing)
         if due_ms is None or group.now_ms < due_ms:
@@ -424,11 +424,11 @@ class Sequencer(PublishWriting):
             rollover_ids_distinct=True,
             rollover_lasts_next_period=True,
         )
-        submission = _Submission(command, asyncio.get_running_loop().create_future())
+        submission = Submission(command, asyncio.get_running_loop().create_future())
         submission.future.add_done_callback(_nobody_waits)
         await self._apply_command(group, submission, command)
 
-    async def _apply_command(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
+    async def _apply_command(self, group: Group, submission: Submission, command: cmd.AdminCommand) -> None:
         """An admin command, with no publish planned or re-rating pending but for holds (which apply beside one)."""
         if isinstance(command, cmd.PublishVersion | cmd.RollbackRateCard):
             await self._start_publish(group, submission, command)
@@ -441,7 +441,7 @@ class Sequencer(PublishWriting):
         else:
             self._apply_admin(group, submission, command)
 
-    async def _apply_clock(self, group: _Group, submission: _Submission, command: cmd.AdvanceClock) -> None:
+    async def _apply_clock(self, group: Group, submission: Submission, command: cmd.AdvanceClock) -> None:
         """An AdvanceClock, applied on the rating thread as a batch is rated, so the loop goes on serving reads: a
         month's end can expire or roll over every customer's grant in one command, a few microseconds each (40,000
         customers: 50-130 ms here), and the kernel offers its lock to a waiting read every 64 accounts. The tables
@@ -450,12 +450,12 @@ class Sequencer(PublishWriting):
         outcome = await self._rating_thread.run(_applied, self.billing, command, seq)
         self._answer_applied(group, submission, command, seq, outcome)
 
-    def _apply_admin(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None:
+    def _apply_admin(self, group: Group, submission: Submission, command: cmd.AdminCommand) -> None:
         seq = self.billing.last_seq + 1
         self._answer_applied(group, submission, command, seq, _applied(self.billing, command, seq))
 
     def _answer_applied(
-        self, group: _Group, submission: _Submission, command: cmd.AdminCommand, seq: int, outcome: object
+        self, group: Group, submission: Submission, command: cmd.AdminCommand, seq: int, outcome: object
     ) -> None:
         """Answers a command `_applied` applied as record `seq`, or refused (no record)."""
         if isinstance(outcome, Repeated):
@@ -466,7 +466,7 @@ class Sequencer(PublishWriting):
             self._record_applied(group, submission, command, seq, outcome)
 
     def _record_applied(
-        self, group: _Group, submission: _Submission, command: cmd.AdminCommand, seq: int, result: object
+        self, group: Group, submission: Submission, command: cmd.AdminCommand, seq: int, result: object
     ) -> None:
         """An applied command's record (with the alerts it fired), audit line, touched customers and answer."""
         if not isinstance(command, _NOT_ADMIN_CHANGES):
@@ -475,7 +475,7 @@ class Sequencer(PublishWriting):
         group.touched.update(self.billing.touched_customers(command, result))
         group.answers.append((submission, seq, result))
 
-    async def _rate(self, group: _Group, run: list[tuple[_Submission, UsageBatch]]) -> None:
+    async def _rate(self, group: Group, run: list[tuple[Submission, UsageBatch]]) -> None:
         """Rates a run of usage batches on the rating thread while the event loop goes on serving reads (each
         batch is one kernel call that holds the kernel's lock, so a read waits for at most one batch). The
         tables are compiled here first, on the loop, and no admin command applies until the run is rated, so a
@@ -516,7 +516,7 @@ class Sequencer(PublishWriting):
         else:
             self.billing.load_compiled(compiled)
 
-    async def _finish(self, group: _Group) -> ResourceExhausted | Unavailable | None:
+    async def _finish(self, group: Group) -> ResourceExhausted | Unavailable | None:
         """Waits for the group's commit and answers its callers; if the commit failed, the state is rebuilt
         from the journal and the error the callers got is returned."""
         failure: ResourceExhausted | Unavailable | None = None
@@ -567,7 +567,7 @@ class Sequencer(PublishWriting):
         self.snapshots.count_backlog(backlog)
 
 
-def _count_events(answered: list[tuple[_Submission, int, object]]) -> None:
+def _count_events(answered: list[tuple[Submission, int, object]]) -> None:
     """Telemetry and the operator's log counters for a committed group: summed over the group's batches, so a
     group of any size costs one call per counter (never one per event, nor one per batch)."""
     accepted = duplicates = 0

@@ -23,7 +23,7 @@ from server.errors import DeadlineExceeded, Unavailable
 from server.records import JournalRecord, RerationDone, encode_record
 from server.usage_batches import UsageBatch
 from server.worker import Worker
-from server.write_group import _expired, _Group, _HeldPublish, _Submission
+from server.write_group import Group, HeldPublish, Submission, past_deadline
 
 # Test-only pacing: a pause after each background slice of a re-rating, so that a test can make a re-rating provably
 # long (tests/test_server_rerate_online.py). Unset (0) in any real use.
@@ -35,21 +35,21 @@ class PublishWriting:
     billing: Billing
     plan_slice_customers: int
     _rating_thread: Worker
-    _held: _HeldPublish | None
-    _planning: _Submission | None
-    _deferred: collections.deque[_Submission]
+    _held: HeldPublish | None
+    _planning: Submission | None
+    _deferred: collections.deque[Submission]
 
     if TYPE_CHECKING:  # the Sequencer's own
 
         async def _refresh_tables(self, *, unacknowledged: bool = False) -> None: ...
 
-        async def _apply_command(self, group: _Group, submission: _Submission, command: cmd.AdminCommand) -> None: ...
+        async def _apply_command(self, group: Group, submission: Submission, command: cmd.AdminCommand) -> None: ...
 
         def _record_applied(
-            self, group: _Group, submission: _Submission, command: cmd.AdminCommand, seq: int, result: object
+            self, group: Group, submission: Submission, command: cmd.AdminCommand, seq: int, result: object
         ) -> None: ...
 
-    def _deferred_behind_publish(self, submission: _Submission) -> bool:
+    def _deferred_behind_publish(self, submission: Submission) -> bool:
         """Whether the admin command waits for the publish being planned or re-rated (True: queued, answered once
         it applies). Only usage, holds and releases apply beside a publish being planned (they name the customers
         the plan looks at again) or a pending re-rating (they re-rate on touch), and AdvanceClock beside both
@@ -68,7 +68,7 @@ class PublishWriting:
         self._deferred.append(submission)
         return True
 
-    async def _apply_deferred(self, group: _Group) -> None:
+    async def _apply_deferred(self, group: Group) -> None:
         """The commands queued behind a publish, in arrival order, once none is planned or re-rated (a deferred
         publish starts planning: those after it wait for it in turn)."""
         while self._deferred and self._planning is None and self.billing.rerating is None:
@@ -77,14 +77,14 @@ class PublishWriting:
             assert command is not None and not isinstance(command, UsageBatch)
             if submission.future.cancelled():
                 continue
-            if _expired(submission):
+            if past_deadline(submission):
                 expired = DeadlineExceeded("the call's deadline passed while its command waited; nothing was applied")
                 group.answers.append((submission, 0, expired))
                 continue
             await self._apply_command(group, submission, command)
 
     async def _start_publish(
-        self, group: _Group, submission: _Submission, command: cmd.PublishVersion | cmd.RollbackRateCard
+        self, group: Group, submission: Submission, command: cmd.PublishVersion | cmd.RollbackRateCard
     ) -> None:
         """PublishVersion (engine/rerate.py, engine/pending.py): planned and checked a slice of customers at a
         time after each group, usage (and holds) applying between slices (PlanInSlices says why the plan is still
@@ -98,7 +98,7 @@ class PublishWriting:
         self._planning = submission
         await self._plan_slice(group)  # the first slice now: a plan of one slice applies at once
 
-    async def _plan_slice(self, group: _Group) -> None:
+    async def _plan_slice(self, group: Group) -> None:
         """The next slice of the publish being planned, on the rating thread (the GIL released inside the
         kernel); once none remains, the publish applies into `group`. A slice that finds usage the version
         cannot price refuses the publish (nothing changed)."""
@@ -114,7 +114,7 @@ class PublishWriting:
         if not more:
             await self._complete_planning(group)
 
-    async def _complete_planning(self, group: _Group) -> None:
+    async def _complete_planning(self, group: Group) -> None:
         """Completes the publish being planned, if any, and applies it into `group`: its remaining slices, then
         the plan on the state now (the customers usage touched meanwhile looked at again)."""
         submission = self._planning
@@ -135,8 +135,8 @@ class PublishWriting:
 
     async def _apply_publish(
         self,
-        group: _Group,
-        submission: _Submission,
+        group: Group,
+        submission: Submission,
         command: cmd.PublishVersion | cmd.RollbackRateCard,
         plan: RerationPlan | None,
     ) -> None:
@@ -167,9 +167,9 @@ class PublishWriting:
         group.changes.append((command.actor, type(command).__name__, audit_target(command, published)))
         record = JournalRecord(command, alerts=self.billing.take_fired(), deferred=True)
         group.records.append((seq, encode_record(record)))
-        self._held = _HeldPublish(submission, seq, published)
+        self._held = HeldPublish(submission, seq, published)
 
-    async def _rerate_slice(self, group: _Group) -> None:
+    async def _rerate_slice(self, group: Group) -> None:
         """Background work of a pending re-rating: the next slice of its customers on the rating thread (GIL
         released inside the kernel); once none is pending, its completion record goes into `group`."""
         if self.billing.rerating is None:
@@ -181,7 +181,7 @@ class PublishWriting:
         elif RERATE_SLICE_PAUSE_S:
             await asyncio.sleep(RERATE_SLICE_PAUSE_S)
 
-    async def _complete_rerating(self, group: _Group) -> None:
+    async def _complete_rerating(self, group: Group) -> None:
         """Completes the pending re-rating, if any, before another admin command (or the close) applies: its
         remaining slices, then its completion record (with the alerts the re-rating fired), and the publish's
         answer in `group`. The balance rules are evaluated on the rating thread, as a batch's are."""
@@ -237,7 +237,7 @@ class PublishWriting:
         if not held.submission.future.done():
             held.submission.future.set_exception(error)
 
-    def _fail_group(self, group: _Group, error: Exception) -> None:
+    def _fail_group(self, group: Group, error: Exception) -> None:
         """After the state was rebuilt from the journal: nothing of `group` was committed, and its callers get
         `error`, but for a publish whose completion record it held when the journal holds the publish (its record
         was committed by an earlier group): its re-rating is pending again, and it is held again, to be answered

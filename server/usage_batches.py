@@ -19,7 +19,7 @@ class IngestStream:
     events, not a UsageBatch, a customer the key may not touch) or its group's commit fails, the stream ends
     with that error, so the batches it sent after that one are not applied either (no ack reaches them; resent
     on a new stream, they are accepted). Read and set by the writer only: on the rating thread, or on the event
-    loop while that thread is idle (a failed group, `_Group.fail`)."""
+    loop while that thread is idle (a failed group, `Group.fail`)."""
 
     refused: bool = False
 

@@ -19,7 +19,7 @@ Submitted = cmd.AdminCommand | UsageBatch
 
 
 @dataclasses.dataclass(slots=True)
-class _Submission:
+class Submission:
     command: Submitted | None  # None: the marker close() queues behind the last real command
     future: asyncio.Future[tuple[int, object]]
     # time.monotonic() after which the caller no longer waits: the command is then not applied at all.
@@ -27,22 +27,22 @@ class _Submission:
 
 
 @dataclasses.dataclass(slots=True)
-class _HeldPublish:
+class HeldPublish:
     """A publish journaled with its re-rating pending: its caller, answered once the re-rating completes."""
 
-    submission: _Submission
+    submission: Submission
     seq: int
     published: PublishResult
 
 
 @dataclasses.dataclass
-class _Group:
+class Group:
     """One group commit: the records a group of commands produced, and who to answer."""
 
     now_ms: int
     records: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
     # (caller, seq, result); a result that is an EngineError is that caller's refusal (nothing was applied).
-    answers: list[tuple[_Submission, int, object]] = dataclasses.field(default_factory=list)
+    answers: list[tuple[Submission, int, object]] = dataclasses.field(default_factory=list)
     commit: asyncio.Future[None] | None = None
     commit_ms: float = 0.0
     events: int = 0  # usage events accepted in its records
@@ -53,8 +53,8 @@ class _Group:
     alerts_upto: int = 0
     explain: list[bytes] = dataclasses.field(default_factory=list)  # the kernel's explain records of its batches
     # The publish whose re-rating's completion record this group holds, answered among `answers`: if the commit
-    # fails with the publish durable, it is held again rather than failed (`Sequencer._fail_group`).
-    held: _HeldPublish | None = None
+    # fails with the publish durable, it is held again rather than failed (`PublishWriting._fail_group`).
+    held: HeldPublish | None = None
 
     def start(self, writer_thread: Worker, journal: Journal, explain_index: ExplainIndex | None) -> None:
         """Hands the records to the journal's thread. Once they are durable, that thread also hands the explain index
@@ -85,7 +85,7 @@ class _Group:
             else:
                 submission.future.set_result((seq, result))
 
-    def fail(self, error: Exception, *, spared: _Submission | None = None) -> None:
+    def fail(self, error: Exception, *, spared: Submission | None = None) -> None:
         """Nothing of the group was committed: every caller gets `error` (but `spared`, answered later), and each
         IngestUsage stream with a batch here ends with it, so the writer applies none of the batches that stream
         sent after (queued behind)."""
@@ -98,6 +98,6 @@ class _Group:
                 submission.future.set_exception(error)
 
 
-def _expired(submission: _Submission) -> bool:
+def past_deadline(submission: Submission) -> bool:
     deadline = submission.deadline_monotonic
     return deadline is not None and time.monotonic() >= deadline
