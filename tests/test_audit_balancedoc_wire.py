@@ -11,6 +11,7 @@ file (`--close-grace off`: no period closes by itself), each test on customers o
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -281,7 +282,7 @@ def test_a_hold_that_holds_nothing_is_still_sent_with_its_seq_and_a_denied_hold_
     """WatchBalance: the balance again "after every committed change that touches the customer (... a hold, its
     release ...)"; "a balance equal to the previous one is not sent again" compares as_of_seq too. ALLOW `zhx` with
     no credit: a hold of 4 units is OVERAGE_ALLOWED and holds the credit there is, 0: the amounts stay (0, 0, 0, 0)
-    but the hold is a journaled change of zhx, sent with its later as_of_seq. AuthorizeResponse.reservation_id:
+    but the hold is a journaled change of zhx, sent with its later as_of_seq, and so is its release. AuthorizeResponse.reservation_id:
     empty when the hold was not allowed (BLOCK `zdx` with no credit, naming "zdx-h"), and nothing is held under it."""
     with server.client() as client:
         customer(client, "zhx", block=False)
@@ -289,10 +290,11 @@ def test_a_hold_that_holds_nothing_is_still_sent_with_its_seq_and_a_denied_hold_
         first = next(balances)
         assert hold(client, "zhx", 4, "zhx-h") == (True, "OVERAGE_ALLOWED", "4", "0", "zhx-h")
         second = next(balances)
-        stream.cancel()
-        assert amounts(first) == amounts(second) == ("0", "0", "0", "0")
-        assert second.as_of_seq > first.as_of_seq
         assert release(client, "zhx", "zhx-h") == "0"
+        third = next(balances)
+        stream.cancel()
+        assert amounts(first) == amounts(second) == amounts(third) == ("0", "0", "0", "0")
+        assert first.as_of_seq < second.as_of_seq < third.as_of_seq
 
         customer(client, "zdx", block=True)
         assert hold(client, "zdx", 1, "zdx-h") == (False, "INSUFFICIENT_CREDIT", "1", "0", "")
@@ -385,3 +387,32 @@ def test_an_expiry_fires_for_every_rule_of_its_type_watching_the_customer(server
         ]
         assert fired[0].journal_seq == fired[1].journal_seq
         assert totals(client, "rex") == ("6", "0", "6")
+
+
+def test_a_release_answers_alike_whatever_happens_to_the_hold_after_it(server: ServerProcess) -> None:
+    """ReleaseReservation: "again, it answers the same amount and changes nothing", also once the TTL the released
+    hold had has passed (it was released, not expired) and after an event naming it (noticed RELEASED, rated as any
+    event, settling nothing). BLOCK `rax` with 10 credits: a hold of 3 units with a 200 ms TTL, released: "3", 10
+    available. An event of 2 units naming it: noticed, charged 2 (8 left). Past the TTL, the release answers "3"
+    again and the balance stays (8, 0, 8). A hold of 1 unit with a 200 ms TTL, not released, runs out: its release
+    is FAILED_PRECONDITION, twice alike."""
+    with server.client() as client:
+        customer(client, "rax", block=True)
+        grant(client, "rax", "g", "10")
+        short = Duration(nanos=200_000_000)
+        assert hold(client, "rax", 3, "rax-h", ttl=short)[:2] == (True, "OK")
+        assert release(client, "rax", "rax-h") == "3"
+        assert totals(client, "rax") == ("10", "0", "10")
+        ack = client.ingest_batch([event("rax-1", "rax", 2, reservation_id="rax-h")])
+        assert ack.accepted == 1
+        assert [usage_pb2.NoticeReason.Name(n.reason) for n in ack.notices] == ["NOTICE_RESERVATION_RELEASED"]
+        assert hold(client, "rax", 1, "rax-x", ttl=short)[:2] == (True, "OK")
+        deadline = now_ms() + 10_000
+        while totals(client, "rax") != ("8", "0", "8") and now_ms() < deadline:
+            time.sleep(0.05)
+        assert release(client, "rax", "rax-h") == "3"
+        assert release(client, "rax", "rax-h") == "3"
+        assert totals(client, "rax") == ("8", "0", "8")
+        for _ in range(2):
+            code, _, details = refused(lambda: release(client, "rax", "rax-x"))
+            assert code == "FAILED_PRECONDITION" and "expired" in details, details
