@@ -416,3 +416,72 @@ def test_a_release_answers_alike_whatever_happens_to_the_hold_after_it(server: S
         for _ in range(2):
             code, _, details = refused(lambda: release(client, "rax", "rax-x"))
             assert code == "FAILED_PRECONDITION" and "expired" in details, details
+
+
+def refused_after(
+    client: TariffClient, messages: list[balance_pb2.AuthorizeBatch]
+) -> tuple[str, list[str], list[tuple[str, bool]]]:
+    """Sends `messages` on one AuthorizeBatches stream that must end refused: (status name, the fields named, the
+    (request_id, allowed) of each answer received before the refusal)."""
+    answered: list[tuple[str, bool]] = []
+
+    def read() -> None:
+        for result in client.balance.AuthorizeBatches(iter(messages), timeout=STREAM_TIMEOUT_S):
+            answered.extend((a.request_id, a.allowed) for a in result.responses)
+
+    code, fields, _ = refused(read)
+    return code, fields, answered
+
+
+def test_a_message_refused_whole_holds_nothing_of_its_own_nor_behind_it(server: ServerProcess) -> None:
+    """AuthorizeBatches: a message with a request without request_id, or with one over 256 bytes, "is refused whole
+    (INVALID_ARGUMENT naming requests[i].request_id; nothing of it is decided or held, the answers to the messages
+    before it are sent, then the stream ends)"; "After a message refused whole, no message sent behind it is decided
+    or held". BLOCK `mwx` with 10 credits; messages sent at once: [hold 1 unit "mwx-1"], [hold 2 units "mwx-2", a
+    request with no request_id (or one of 257 bytes)], [hold 3 units "mwx-3"]: one answer (mwx-1 allowed), then
+    INVALID_ARGUMENT naming requests[1].request_id; only mwx-1 is held: (10, 1, 9)."""
+    with server.client() as client:
+        customer(client, "mwx", block=True)
+        grant(client, "mwx", "g", "10")
+        for n, bad_id in enumerate(("", "q" * 257)):
+            made = [f"mwx-{n}-{i}" for i in (1, 2, 3)]
+            messages = [
+                balance_pb2.AuthorizeBatch(requests=[hold_request("mwx", 1, made[0], request_id="a")]),
+                balance_pb2.AuthorizeBatch(
+                    requests=[
+                        hold_request("mwx", 2, made[1], request_id="b"),
+                        hold_request("mwx", 1, "", request_id=bad_id),
+                    ]
+                ),
+                balance_pb2.AuthorizeBatch(requests=[hold_request("mwx", 3, made[2], request_id="c")]),
+            ]
+            code, fields, answered = refused_after(client, messages)
+            assert (code, fields, answered) == ("INVALID_ARGUMENT", ["requests[1].request_id"], [("a", True)])
+            assert totals(client, "mwx") == ("10", "1", "9")
+            assert release(client, "mwx", made[0]) == "1"
+            for never in made[1:]:
+                assert refused(functools.partial(release, client, "mwx", never))[0] == "NOT_FOUND"
+
+
+def test_a_page_size_over_1000_lists_1000_rules_and_pages_on(server: ServerProcess) -> None:
+    """ListAlertRules: page_size "at most 1,000"; README "Paged lists": "more than 1,000 read as 1,000". With at
+    least 1,001 rules (600 CREDITS_EXHAUSTED rules of `pgx`, 401 of `pgy`: each under the 1,000 a customer may
+    have), page_size 5,000 answers the first 1,000 in id order and the 1,000th's id as next_page_token; the next page
+    holds the rest, with no token."""
+    with server.client() as client:
+        for customer_id, count in (("pgx", 600), ("pgy", 401)):
+            customer(client, customer_id, block=False)
+            for n in range(count):
+                client.alerts.CreateAlert(
+                    alerts_pb2.CreateAlertRequest(
+                        id=f"{customer_id}-{n:04d}", customer_id=customer_id, type=alerts_pb2.CREDITS_EXHAUSTED
+                    )
+                )
+        listing = alerts_pb2.ListAlertRulesRequest
+        first = client.alerts.ListAlertRules(listing(page_size=5000))
+        ids = [r.id for r in first.rules]
+        assert len(ids) == 1000 and ids == sorted(ids) and first.next_page_token == ids[-1]
+        rest = client.alerts.ListAlertRules(listing(page_size=5000, page_token=first.next_page_token))
+        more = [r.id for r in rest.rules]
+        assert rest.next_page_token == "" and more == sorted(more) and more[0] > ids[-1]
+        assert {f"pgx-{n:04d}" for n in range(600)} | {f"pgy-{n:04d}" for n in range(401)} <= set(ids + more)
