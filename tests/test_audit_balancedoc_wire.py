@@ -485,3 +485,30 @@ def test_a_page_size_over_1000_lists_1000_rules_and_pages_on(server: ServerProce
         more = [r.id for r in rest.rules]
         assert rest.next_page_token == "" and more == sorted(more) and more[0] > ids[-1]
         assert {f"pgx-{n:04d}" for n in range(600)} | {f"pgy-{n:04d}" for n in range(401)} <= set(ids + more)
+
+
+def test_an_override_and_a_top_up_policy_are_each_sent_to_a_watcher(server: ServerProcess) -> None:
+    """README "Watching balances and alerts": the newest balance "after every committed change that touches the
+    customer (... a grant, a contract, an override ...)". ALLOW `ovx` (contract from this month's start, grant 4):
+    watched from (4, 0, 4, 0); an override halving `units` (priced only for what is rated after it): a balance with a
+    later as_of_seq, amounts alike; a top-up policy (below 1, back to 10): another; then 4 units cost 2, leaving 2
+    (not below 1: nothing bought): (2, 0, 2, 2).
+    """
+    with server.client() as client:
+        contract_id = customer(client, "ovx", block=False)
+        grant(client, "ovx", "g", "4")
+        stream, balances = watch(client, "ovx")
+        first = next(balances)
+        assert amounts(first) == ("4", "0", "4", "0")
+        override = contracts_pb2.PriceOverride(id="ovx-half", product_id="units", multiplier="0.5")
+        client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=contract_id, override=override))
+        after_override = next(balances)
+        policy = contracts_pb2.TopUpPolicy(threshold="1", recharge_to="10", price_per_credit="1", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        after_policy = next(balances)
+        spend(client, "ovx", "ovx-1", 4)
+        after_usage = next(balances)
+        stream.cancel()
+        assert amounts(after_override) == amounts(after_policy) == ("4", "0", "4", "0")
+        assert first.as_of_seq < after_override.as_of_seq < after_policy.as_of_seq < after_usage.as_of_seq
+        assert amounts(after_usage) == ("2", "0", "2", "2")
