@@ -1,12 +1,16 @@
 """An acceptance audit of balance.proto's and alerts.proto's comments, statement by statement, over the wire, on what
 the earlier audits (test_audit_credits*_wire, test_audit_holds*_wire, test_audit_gateway*_wire, test_audit_watch2_wire,
-test_audit_alerts*_wire, test_audit_estimates_wire) leave out: GrantBalance's worked example (100 granted, 20 drawn,
-15 held), a balance with no contract in force, what moves as_of_seq and what does not, the exact details each balance
-alert carries, ListAlertRules' last page, a rule's threshold as its retry key, and the refusals of GetBalance and
-WatchBalance. Amounts are worked out by hand in each docstring.
+test_audit_alerts*_wire, test_audit_estimates_wire, test_server_authorize_batch*) leave out: GrantBalance's worked
+example (100 granted, 20 drawn, 15 held), a balance with no contract in force, what moves as_of_seq and what does
+not, the exact details each balance alert carries, ListAlertRules' pages (the last one's empty token, a page_size
+over 1,000), a rule's threshold as its retry key, the refusals of GetBalance and WatchBalance, what a watcher is sent
+for a hold of nothing, an override, a top-up policy and a batch shared with another customer, a release retried
+after its TTL and after an event named it, an AuthorizeBatches message refused whole, and an event alert fired for
+every rule of its type. Amounts are worked out by hand in each docstring.
 
 The catalogue is test_audit_gateway2_wire's (`work` events price `n` units at 1 credit each), one server for the
-file (`--close-grace off`: no period closes by itself), each test on customers of its own."""
+file (`--close-grace off`: no period closes by itself), each test on customers of its own; the one rule for every
+customer is deleted by the test that makes it."""
 
 from __future__ import annotations
 
