@@ -105,8 +105,12 @@ type BalanceServiceClient interface {
 	// hold all it has left and nothing breaks until they end, which records
 	// nothing). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
-	// previous one is not sent again. Each balance carries the as_of_seq of
-	// its read, and a change of another customer wakes no watcher: so once
+	// previous one, as_of_seq included, is not sent again (so a change of the
+	// customer that moves no amount, a hold that holds nothing under ALLOW or
+	// its release, is still sent, with its later as_of_seq). Each balance
+	// carries the as_of_seq of its read, and a change of another customer
+	// (also one sharing a batch or an AuthorizeBatches message with a request
+	// of this customer that changed nothing) wakes no watcher: so once
 	// other customers' records have committed, GetBalance answers the last
 	// balance sent with a later as_of_seq, equal in every other field. A slow
 	// reader holds no queue on the server and never slows ingestion. Unknown
@@ -274,8 +278,12 @@ type BalanceServiceServer interface {
 	// hold all it has left and nothing breaks until they end, which records
 	// nothing). Changes committed in quick
 	// succession may arrive as one balance, the newest; a balance equal to the
-	// previous one is not sent again. Each balance carries the as_of_seq of
-	// its read, and a change of another customer wakes no watcher: so once
+	// previous one, as_of_seq included, is not sent again (so a change of the
+	// customer that moves no amount, a hold that holds nothing under ALLOW or
+	// its release, is still sent, with its later as_of_seq). Each balance
+	// carries the as_of_seq of its read, and a change of another customer
+	// (also one sharing a batch or an AuthorizeBatches message with a request
+	// of this customer that changed nothing) wakes no watcher: so once
 	// other customers' records have committed, GetBalance answers the last
 	// balance sent with a later as_of_seq, equal in every other field. A slow
 	// reader holds no queue on the server and never slows ingestion. Unknown
