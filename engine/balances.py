@@ -46,6 +46,7 @@ class BalanceView:
     overage_due: Decimal
     pricing_unit: str
     as_of_seq: int
+    currency: str  # overage_due's: that of the contract pricing_unit is the card's, "" with none
     # `Billing.balance_encoded`'s: every grant in burn order, a GrantView (one of `grants`) or the bytes of a run
     # of top-ups encoded by the kernel as tariff.v1.Balance `grants` entries (which `grants` leaves out); None
     # when `grants` lists every grant.
@@ -156,6 +157,7 @@ def _balance_view(
         overage_due,
         pricing_unit,
         as_of_seq,
+        contract.currency if contract else "",
     )
 
 

@@ -806,6 +806,7 @@ def _balance_totals_pb(view: BalanceView) -> balance_pb2.Balance:
         as_of_seq=view.as_of_seq,
         pricing_unit=view.pricing_unit,
         overage_due=format_decimal(view.overage_due),
+        currency=view.currency,
     )
     if view.period is not None:
         balance.period_start.CopyFrom(timestamp(view.period.start_ms))

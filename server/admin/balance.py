@@ -26,6 +26,7 @@ def balance(remote: Remote, customer_id: str) -> None:
         print_json(found)
         return
     unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
+    due_unit = f" ({found.currency})" if found.currency else ""
     has_period = found.HasField("period_start")
     period = f"{when(found.period_start)} .. {when(found.period_end, found.HasField('period_end'))}"
     print_fields(
@@ -36,7 +37,7 @@ def balance(remote: Remote, customer_id: str) -> None:
             (f"credits available{unit}", found.credits_available),
             (f"period charges{unit}", found.period_charges),
             (f"overage{unit}", found.overage_amount),
-            ("overage due", found.overage_due),
+            (f"overage due{due_unit}", found.overage_due),
             ("period", period if has_period else ""),
             ("as of journal seq", found.as_of_seq),
         ]

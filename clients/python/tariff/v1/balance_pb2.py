@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tariff.v1 import contracts_pb2 as tariff_dot_v1_dot_contracts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tariff/v1/balance.proto\x12\ttariff.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tariff/v1/contracts.proto\"(\n\x11GetBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xc2\x02\n\x0cGrantBalance\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.tariff.v1.GrantKind\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\r\n\x05\x64rawn\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x1e\n\x16\x61pplicable_product_ids\x18\x08 \x03(\t\x12-\n\tstarts_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12recognized_revenue\x18\x0b \x01(\t\x12\x0c\n\x04held\x18\x0c \x01(\t\"\xfc\x02\n\x07\x42\x61lance\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x19\n\x11\x63redits_remaining\x18\x02 \x01(\t\x12\x14\n\x0c\x63redits_held\x18\x03 \x01(\t\x12\x19\n\x11\x63redits_available\x18\x04 \x01(\t\x12\'\n\x06grants\x18\x05 \x03(\x0b\x32\x17.tariff.v1.GrantBalance\x12\x16\n\x0eperiod_charges\x18\x06 \x01(\t\x12\x16\n\x0eoverage_amount\x18\x07 \x01(\t\x12\x11\n\tas_of_seq\x18\x08 \x01(\x04\x12\x14\n\x0cpricing_unit\x18\t \x01(\t\x12\x13\n\x0boverage_due\x18\n \x01(\t\x12\x30\n\x0cperiod_start\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fgrants_left_out\x18\r \x01(\r\"\x88\x03\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12?\n\ndimensions\x18\x04 \x03(\x0b\x32+.tariff.v1.AuthorizeRequest.DimensionsEntry\x12\x37\n\x06values\x18\x05 \x03(\x0b\x32\'.tariff.v1.AuthorizeRequest.ValuesEntry\x12\x0f\n\x07reserve\x18\x06 \x01(\x08\x12\x32\n\x0freservation_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa4\x01\n\x11\x41uthorizeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x65stimated_cost\x18\x04 \x01(\t\x12\x19\n\x11\x63redits_available\x18\x05 \x01(\t\x12\x16\n\x0ereservation_id\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\"?\n\x0e\x41uthorizeBatch\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.tariff.v1.AuthorizeRequest\"G\n\x14\x41uthorizeBatchResult\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.tariff.v1.AuthorizeResponse\"H\n\x19ReleaseReservationRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"5\n\x1aReleaseReservationResponse\x12\x17\n\x0freleased_amount\x18\x01 \x01(\t\"*\n\x13WatchBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t2\xe7\x03\n\x0e\x42\x61lanceService\x12>\n\nGetBalance\x12\x1c.tariff.v1.GetBalanceRequest\x1a\x12.tariff.v1.Balance\x12\x46\n\tAuthorize\x12\x1b.tariff.v1.AuthorizeRequest\x1a\x1c.tariff.v1.AuthorizeResponse\x12P\n\x0f\x41uthorizeStream\x12\x1b.tariff.v1.AuthorizeRequest\x1a\x1c.tariff.v1.AuthorizeResponse(\x01\x30\x01\x12R\n\x10\x41uthorizeBatches\x12\x19.tariff.v1.AuthorizeBatch\x1a\x1f.tariff.v1.AuthorizeBatchResult(\x01\x30\x01\x12\x61\n\x12ReleaseReservation\x12$.tariff.v1.ReleaseReservationRequest\x1a%.tariff.v1.ReleaseReservationResponse\x12\x44\n\x0cWatchBalance\x12\x1e.tariff.v1.WatchBalanceRequest\x1a\x12.tariff.v1.Balance0\x01\x42\x45\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tariff/v1/balance.proto\x12\ttariff.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tariff/v1/contracts.proto\"(\n\x11GetBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"\xc2\x02\n\x0cGrantBalance\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.tariff.v1.GrantKind\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\r\n\x05\x64rawn\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\t\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x1e\n\x16\x61pplicable_product_ids\x18\x08 \x03(\t\x12-\n\tstarts_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12recognized_revenue\x18\x0b \x01(\t\x12\x0c\n\x04held\x18\x0c \x01(\t\"\x8e\x03\n\x07\x42\x61lance\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x19\n\x11\x63redits_remaining\x18\x02 \x01(\t\x12\x14\n\x0c\x63redits_held\x18\x03 \x01(\t\x12\x19\n\x11\x63redits_available\x18\x04 \x01(\t\x12\'\n\x06grants\x18\x05 \x03(\x0b\x32\x17.tariff.v1.GrantBalance\x12\x16\n\x0eperiod_charges\x18\x06 \x01(\t\x12\x16\n\x0eoverage_amount\x18\x07 \x01(\t\x12\x11\n\tas_of_seq\x18\x08 \x01(\x04\x12\x14\n\x0cpricing_unit\x18\t \x01(\t\x12\x13\n\x0boverage_due\x18\n \x01(\t\x12\x30\n\x0cperiod_start\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fgrants_left_out\x18\r \x01(\r\x12\x10\n\x08\x63urrency\x18\x0e \x01(\t\"\x88\x03\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12?\n\ndimensions\x18\x04 \x03(\x0b\x32+.tariff.v1.AuthorizeRequest.DimensionsEntry\x12\x37\n\x06values\x18\x05 \x03(\x0b\x32\'.tariff.v1.AuthorizeRequest.ValuesEntry\x12\x0f\n\x07reserve\x18\x06 \x01(\x08\x12\x32\n\x0freservation_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x1a\x31\n\x0f\x44imensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa4\x01\n\x11\x41uthorizeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0e\x65stimated_cost\x18\x04 \x01(\t\x12\x19\n\x11\x63redits_available\x18\x05 \x01(\t\x12\x16\n\x0ereservation_id\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\"?\n\x0e\x41uthorizeBatch\x12-\n\x08requests\x18\x01 \x03(\x0b\x32\x1b.tariff.v1.AuthorizeRequest\"G\n\x14\x41uthorizeBatchResult\x12/\n\tresponses\x18\x01 \x03(\x0b\x32\x1c.tariff.v1.AuthorizeResponse\"H\n\x19ReleaseReservationRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x16\n\x0ereservation_id\x18\x02 \x01(\t\"5\n\x1aReleaseReservationResponse\x12\x17\n\x0freleased_amount\x18\x01 \x01(\t\"*\n\x13WatchBalanceRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t2\xe7\x03\n\x0e\x42\x61lanceService\x12>\n\nGetBalance\x12\x1c.tariff.v1.GetBalanceRequest\x1a\x12.tariff.v1.Balance\x12\x46\n\tAuthorize\x12\x1b.tariff.v1.AuthorizeRequest\x1a\x1c.tariff.v1.AuthorizeResponse\x12P\n\x0f\x41uthorizeStream\x12\x1b.tariff.v1.AuthorizeRequest\x1a\x1c.tariff.v1.AuthorizeResponse(\x01\x30\x01\x12R\n\x10\x41uthorizeBatches\x12\x19.tariff.v1.AuthorizeBatch\x1a\x1f.tariff.v1.AuthorizeBatchResult(\x01\x30\x01\x12\x61\n\x12ReleaseReservation\x12$.tariff.v1.ReleaseReservationRequest\x1a%.tariff.v1.ReleaseReservationResponse\x12\x44\n\x0cWatchBalance\x12\x1e.tariff.v1.WatchBalanceRequest\x1a\x12.tariff.v1.Balance0\x01\x42\x45\n\rdev.tariff.v1P\x01Z2github.com/tariff/tariff/gen/go/tariff/v1;tariffv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,25 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANTBALANCE']._serialized_start=173
   _globals['_GRANTBALANCE']._serialized_end=495
   _globals['_BALANCE']._serialized_start=498
-  _globals['_BALANCE']._serialized_end=878
-  _globals['_AUTHORIZEREQUEST']._serialized_start=881
-  _globals['_AUTHORIZEREQUEST']._serialized_end=1273
-  _globals['_AUTHORIZEREQUEST_DIMENSIONSENTRY']._serialized_start=1177
-  _globals['_AUTHORIZEREQUEST_DIMENSIONSENTRY']._serialized_end=1226
-  _globals['_AUTHORIZEREQUEST_VALUESENTRY']._serialized_start=1228
-  _globals['_AUTHORIZEREQUEST_VALUESENTRY']._serialized_end=1273
-  _globals['_AUTHORIZERESPONSE']._serialized_start=1276
-  _globals['_AUTHORIZERESPONSE']._serialized_end=1440
-  _globals['_AUTHORIZEBATCH']._serialized_start=1442
-  _globals['_AUTHORIZEBATCH']._serialized_end=1505
-  _globals['_AUTHORIZEBATCHRESULT']._serialized_start=1507
-  _globals['_AUTHORIZEBATCHRESULT']._serialized_end=1578
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1580
-  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1652
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1654
-  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1707
-  _globals['_WATCHBALANCEREQUEST']._serialized_start=1709
-  _globals['_WATCHBALANCEREQUEST']._serialized_end=1751
-  _globals['_BALANCESERVICE']._serialized_start=1754
-  _globals['_BALANCESERVICE']._serialized_end=2241
+  _globals['_BALANCE']._serialized_end=896
+  _globals['_AUTHORIZEREQUEST']._serialized_start=899
+  _globals['_AUTHORIZEREQUEST']._serialized_end=1291
+  _globals['_AUTHORIZEREQUEST_DIMENSIONSENTRY']._serialized_start=1195
+  _globals['_AUTHORIZEREQUEST_DIMENSIONSENTRY']._serialized_end=1244
+  _globals['_AUTHORIZEREQUEST_VALUESENTRY']._serialized_start=1246
+  _globals['_AUTHORIZEREQUEST_VALUESENTRY']._serialized_end=1291
+  _globals['_AUTHORIZERESPONSE']._serialized_start=1294
+  _globals['_AUTHORIZERESPONSE']._serialized_end=1458
+  _globals['_AUTHORIZEBATCH']._serialized_start=1460
+  _globals['_AUTHORIZEBATCH']._serialized_end=1523
+  _globals['_AUTHORIZEBATCHRESULT']._serialized_start=1525
+  _globals['_AUTHORIZEBATCHRESULT']._serialized_end=1596
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_start=1598
+  _globals['_RELEASERESERVATIONREQUEST']._serialized_end=1670
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_start=1672
+  _globals['_RELEASERESERVATIONRESPONSE']._serialized_end=1725
+  _globals['_WATCHBALANCEREQUEST']._serialized_start=1727
+  _globals['_WATCHBALANCEREQUEST']._serialized_end=1769
+  _globals['_BALANCESERVICE']._serialized_start=1772
+  _globals['_BALANCESERVICE']._serialized_end=2259
 # @@protoc_insertion_point(module_scope)

@@ -46,7 +46,7 @@ class GrantBalance(_message.Message):
     def __init__(self, grant_id: _Optional[str] = ..., kind: _Optional[_Union[_contracts_pb2.GrantKind, str]] = ..., amount: _Optional[str] = ..., drawn: _Optional[str] = ..., remaining: _Optional[str] = ..., expired: _Optional[str] = ..., priority: _Optional[int] = ..., applicable_product_ids: _Optional[_Iterable[str]] = ..., starts_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recognized_revenue: _Optional[str] = ..., held: _Optional[str] = ...) -> None: ...
 
 class Balance(_message.Message):
-    __slots__ = ("customer_id", "credits_remaining", "credits_held", "credits_available", "grants", "period_charges", "overage_amount", "as_of_seq", "pricing_unit", "overage_due", "period_start", "period_end", "grants_left_out")
+    __slots__ = ("customer_id", "credits_remaining", "credits_held", "credits_available", "grants", "period_charges", "overage_amount", "as_of_seq", "pricing_unit", "overage_due", "period_start", "period_end", "grants_left_out", "currency")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     CREDITS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     CREDITS_HELD_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Balance(_message.Message):
     PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     PERIOD_END_FIELD_NUMBER: _ClassVar[int]
     GRANTS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     credits_remaining: str
     credits_held: str
@@ -73,7 +74,8 @@ class Balance(_message.Message):
     period_start: _timestamp_pb2.Timestamp
     period_end: _timestamp_pb2.Timestamp
     grants_left_out: int
-    def __init__(self, customer_id: _Optional[str] = ..., credits_remaining: _Optional[str] = ..., credits_held: _Optional[str] = ..., credits_available: _Optional[str] = ..., grants: _Optional[_Iterable[_Union[GrantBalance, _Mapping]]] = ..., period_charges: _Optional[str] = ..., overage_amount: _Optional[str] = ..., as_of_seq: _Optional[int] = ..., pricing_unit: _Optional[str] = ..., overage_due: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grants_left_out: _Optional[int] = ...) -> None: ...
+    currency: str
+    def __init__(self, customer_id: _Optional[str] = ..., credits_remaining: _Optional[str] = ..., credits_held: _Optional[str] = ..., credits_available: _Optional[str] = ..., grants: _Optional[_Iterable[_Union[GrantBalance, _Mapping]]] = ..., period_charges: _Optional[str] = ..., overage_amount: _Optional[str] = ..., as_of_seq: _Optional[int] = ..., pricing_unit: _Optional[str] = ..., overage_due: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., grants_left_out: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
     __slots__ = ("request_id", "customer_id", "event_type", "dimensions", "values", "reserve", "reservation_ttl", "reservation_id")

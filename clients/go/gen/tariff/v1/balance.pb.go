@@ -274,10 +274,10 @@ type Balance struct {
 	// contract in force now, else of the customer's latest-starting contract;
 	// empty for a customer with no contract.
 	PricingUnit string `protobuf:"bytes,9,opt,name=pricing_unit,json=pricingUnit,proto3" json:"pricing_unit,omitempty"`
-	// overage_amount priced at the contract's overage_price, in its currency,
-	// exact: not rounded to the currency's minor unit as an invoice's amounts
-	// due are ("2.5" JPY here is overage_due "2" on PreviewInvoice, which
-	// rounds the same figure half-even once). It has up to 30 decimal places
+	// overage_amount priced at the contract's overage_price, in its currency
+	// (currency), exact: not rounded to the currency's minor unit as an
+	// invoice's amounts due are ("2.5" JPY here is overage_due "2" on
+	// PreviewInvoice, which rounds the same figure half-even once). It has up to 30 decimal places
 	// and, with an overage_price near its 10^18 limit, up to 45 integer digits,
 	// printed whole (99999999999999900000000000 credits at
 	// 999999999999999999.999999999999999999 is
@@ -292,6 +292,11 @@ type Balance struct {
 	// spent grants can outgrow one message. What they drew and broke is on
 	// their periods' invoices and in the revenue report.
 	GrantsLeftOut uint32 `protobuf:"varint,13,opt,name=grants_left_out,json=grantsLeftOut,proto3" json:"grants_left_out,omitempty"`
+	// The currency overage_due is in: that of the contract pricing_unit names
+	// (the contract in force now, else the customer's latest-starting one),
+	// as its GetContract answers it ("USD", "JPY"); empty for a customer with
+	// no contract.
+	Currency      string `protobuf:"bytes,14,opt,name=currency,proto3" json:"currency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -415,6 +420,13 @@ func (x *Balance) GetGrantsLeftOut() uint32 {
 		return x.GrantsLeftOut
 	}
 	return 0
+}
+
+func (x *Balance) GetCurrency() string {
+	if x != nil {
+		return x.Currency
+	}
+	return ""
 }
 
 type AuthorizeRequest struct {
@@ -955,7 +967,7 @@ const file_tariff_v1_balance_proto_rawDesc = "" +
 	"expires_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12-\n" +
 	"\x12recognized_revenue\x18\v \x01(\tR\x11recognizedRevenue\x12\x12\n" +
-	"\x04held\x18\f \x01(\tR\x04held\"\xa8\x04\n" +
+	"\x04held\x18\f \x01(\tR\x04held\"\xc4\x04\n" +
 	"\aBalance\x12\x1f\n" +
 	"\vcustomer_id\x18\x01 \x01(\tR\n" +
 	"customerId\x12+\n" +
@@ -973,7 +985,8 @@ const file_tariff_v1_balance_proto_rawDesc = "" +
 	"\fperiod_start\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vperiodStart\x129\n" +
 	"\n" +
 	"period_end\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tperiodEnd\x12&\n" +
-	"\x0fgrants_left_out\x18\r \x01(\rR\rgrantsLeftOut\"\xfe\x03\n" +
+	"\x0fgrants_left_out\x18\r \x01(\rR\rgrantsLeftOut\x12\x1a\n" +
+	"\bcurrency\x18\x0e \x01(\tR\bcurrency\"\xfe\x03\n" +
 	"\x10AuthorizeRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1f\n" +
