@@ -21,7 +21,7 @@ from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, audit_count, preview, refusal, serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, wait_for
 
 DAY_MS = 86_400_000
 JAN_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -460,3 +460,38 @@ def test_recognised_overage_rounds_half_even_per_product_and_the_customer_line_s
         "0.000000000004",
         ("2", "0.00"),
     )
+
+
+def test_a_rollover_in_a_period_starting_at_the_epoch_breaks_on_that_periods_line(server: ServerProcess) -> None:
+    """contracts.proto: times lie from 1970-01-01T00:00:00Z; README "Breakage": the part of a rollover grant's
+    remainder that did not roll over breaks at its cost basis in the period of the grant's last usable instant.
+    `epoch`'s contract runs from 1970-01-01T00:00:00Z (Unix ms 0) to Mar 1; a grant of 3 credits paid 1 USD,
+    rollover_fraction 0.5, from its start, never drawn: at Feb 1, 1.5 credits roll over and 1.5 break (1 x 1.5 / 3
+    = 0.5 on January's line, deferred 0.5 left); the ROLLOVER grant's 1.5 lapse at Mar 1 (0.5 on February's line,
+    deferred 0). Over the span: sold 1, breakage 1, deferred at the end 0, never 0.5 left deferred with no credit
+    left to draw (a period starting at ms 0 read as "no period")."""
+    mar_1970_ms = 59 * DAY_MS
+    with server.client() as client:
+        customer(client, "epoch")
+        contract(client, "epoch", "epoch-c", 0, mar_1970_ms)
+        grant(
+            client,
+            id="epoch-g",
+            contract_id="epoch-c",
+            amount="3",
+            paid_amount="1",
+            kind=contracts_pb2.PREPAID,
+            rollover_fraction="0.5",
+        )
+        granted_seq = client.get_balance("epoch").as_of_seq
+        # The clock records the rollover and the lapse (both long due) in journaled commands of its own.
+        assert wait_for(lambda: client.get_balance("epoch").as_of_seq > granted_seq, 10.0)
+        report = client.invoices.GetRevenueReport(
+            invoices_pb2.GetRevenueReportRequest(
+                customer_id="epoch", period_start=stamp(0), period_end=stamp(mar_1970_ms + 31 * DAY_MS)
+            )
+        )
+    lines = [(line.period_start.ToMilliseconds(), line.breakage, line.deferred) for line in report.customer_lines]
+    totals = report.reconciliation
+    assert lines == [(0, "0.5", "0.5"), (31 * DAY_MS, "0.5", "0")]
+    assert (totals.prepaid_sold, totals.breakage, totals.deferred_end, totals.reconciles) == ("1", "1", "0", True)
