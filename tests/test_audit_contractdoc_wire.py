@@ -495,3 +495,28 @@ def test_a_rollover_in_a_period_starting_at_the_epoch_breaks_on_that_periods_lin
     totals = report.reconciliation
     assert lines == [(0, "0.5", "0.5"), (31 * DAY_MS, "0.5", "0")]
     assert (totals.prepaid_sold, totals.breakage, totals.deferred_end, totals.reconciles) == ("1", "1", "0", True)
+
+
+def test_an_override_starting_at_the_epoch_is_held_and_keyed_as_one_without_a_start(server: ServerProcess) -> None:
+    """PriceOverride.starting_at: unset is in force from the contract's start, left unset in answers; 1970-01-01
+    (Unix ms 0, before every contract's start) is read as unset: answered unset, and the same request as one
+    leaving it unset, for an unnamed override (its content the key) and a named one alike. A start 1 ms later is
+    held and answered as sent. 3 overrides in all."""
+    with server.client() as client:
+        customer(client, "zero")
+        contract(client, "zero", "zero-c", JAN_MS)
+
+        def add(override_id: str, start: Timestamp | None) -> list[tuple[str, str]]:
+            override = contracts_pb2.PriceOverride(id=override_id, product_id="units", price="2")
+            if start is not None:
+                override.starting_at.CopyFrom(start)
+            request = contracts_pb2.AddOverrideRequest(contract_id="zero-c", override=override)
+            return [
+                (o.id, o.starting_at.ToJsonString() if o.HasField("starting_at") else "")
+                for o in client.contracts.AddOverride(request).overrides
+            ]
+
+        unnamed = add("", stamp(0))
+        assert add("", None) == unnamed and len(unnamed) == 1 and unnamed[0][1] == ""
+        assert add("z", stamp(0))[1:] == [("z", "")] == add("z", None)[1:]
+        assert add("z1", stamp(1))[2:] == [("z1", "1970-01-01T00:00:00.001Z")]
