@@ -327,12 +327,14 @@ def _ledgers(
         for grant_id, credits_drawn in drawn:
             by_product = ledgers[owner.get(grant_id, grant_id)].drawn_by_period[period_start]
             by_product[product_id] = by_product.get(product_id, 0) + credits_drawn
-    for index, (_customer, grant_id, period_start, broken, at_ms) in enumerate(credits.breakage):
-        period_start = _rolled_over_in(contracts, ledgers.get(grant_id), period_start)
+    for index, (_customer, grant_id, kernel_period, broken, at_ms) in enumerate(credits.breakage):
+        # The kernel's 0 says no contract covered the grant's last usable instant; a period that starts at the epoch
+        # (Unix ms 0) is a period all the same: a rollover's is found from the contracts, an expiry's again below.
+        named = _rolled_over_in(contracts, ledgers.get(grant_id), kernel_period or None)
         recorded = _Recorded(at_ms, breakage_index=index)
-        if period_start:
-            period_start = _open_period(contracts, closed, period_start, recorded)
-        else:  # no contract covered the grant's last usable instant
+        if named is not None:
+            period_start = _open_period(contracts, closed, named, recorded)
+        else:  # none named: the period holding the grant's last usable instant, else its recording (or at_ms)
             expiring = partial(_breakage_period, expires_at_ms=expiries.get(grant_id), at_ms=at_ms)
             period_start = _final_period(contracts, closed, recorded, expiring)
         ledgers[owner.get(grant_id, grant_id)].broken_by_period[period_start] += broken
@@ -449,14 +451,14 @@ def _breakage_period(contracts: list[Contract], expires_at_ms: int | None, at_ms
     return min(later, default=at_ms)
 
 
-def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, period_start: int) -> int:
+def _rolled_over_in(contracts: list[Contract], ledger: _GrantLedger | None, period_start: int | None) -> int | None:
     """The period a breakage entry of this grant counts in. A grant with a rollover fraction breaks (what does not
     roll over) at the end of the billing period in which it starts, "in the period that ended": that period, of the
     contract in force at its start, as the rating kernel reads it (`rollover_at`). The kernel records the period in
     force just before that end, which after a switch is the next contract's (its first period overlaps the old
     contract's last, which keeps its monthly end), so that period's line broke credits the old period's invoice lists
     as expired. Any other entry (a grant that simply expired instead, `Grant.expires_before_rollover`, included): the
-    kernel's `period_start`."""
+    kernel's `period_start` (None: it named none)."""
     if ledger is None or not ledger.grant.rollover_fraction:
         return period_start
     grant = ledger.grant

@@ -574,6 +574,9 @@ type PriceOverride struct {
 	//	*PriceOverride_Price
 	Adjustment isPriceOverride_Adjustment `protobuf_oneof:"adjustment"`
 	// Unset: in force from the contract's start (and left unset in answers).
+	// 1970-01-01T00:00:00Z, before every contract's start, is read as unset:
+	// answered unset, and the same request as one leaving it unset (AddOverride's
+	// key, with or without an id).
 	// The window is read against each event's own timestamp, but an override
 	// prices only what is rated after AddOverride: usage already rated keeps
 	// its amount (the override is not applied back), until a retroactive
