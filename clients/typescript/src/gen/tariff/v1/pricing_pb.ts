@@ -1829,7 +1829,11 @@ export type AuditEntry = Message<"tariff.v1.AuditEntry"> & {
    * request's blanks) (for PublishVersion and RollbackRateCard, "effective_from_ms"
    * is the instant the version took effect: the hour the call was applied in
    * when it named none; for RollbackRateCard also "version", "rollback_from"
-   * and "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
+   * and "rollback_to"; a PublishVersion's "cohort" is the cohort as the
+   * request wrote it, to the millisecond: its customer_ids in the request's
+   * order, repeats included, and a cohort of no criterion as {"customer_ids":
+   * [], ...}, not null; RateCardVersion.cohort shows it as stored). Always
+   * valid JSON of at most 65,536 bytes: a bigger one
    * keeps its fields but shortens the largest (a list or map to its first
    * entries, a text to its start) until it fits, and adds "truncated":
    * {"bytes": size of the whole, "fields": {name: {"of": entries or
