@@ -567,3 +567,49 @@ def test_the_audit_log_past_its_end_and_a_filtered_last_page_say_nothing_is_left
         page = client.pricing.GetAuditLog(request)
         assert [e.action for e in page.entries] == ["CreateDraftVersion", "PublishVersion"]
         assert page.next_after_seq == 0
+
+
+def test_ambiguous_rates_list_the_first_100_pairs_of_a_product_then_one_finding_saying_there_are_more(
+    server: ServerProcess,
+) -> None:
+    """README "What the server does today", Pricing: ambiguity is a validation error, "listing at most 100 ambiguous
+    pairs of rates of a product, then one error saying there are more"; PublishVersion refuses with the first
+    findings, its status kept within 512 bytes and saying how many there are in all (contracts.proto).
+
+    `calls` rated at {model i} for i in 0-10 and {region j} for j in 0-10: each of the 11 x 11 = 121 pairs could
+    meet one event ({model i, region j}); `flat` has no dimension to be ambiguous on. ValidateVersion: 100 pair
+    findings, then the one saying there are more: 101 ERRORs. The publish: INVALID_ARGUMENT, a message of at most
+    512 bytes ending "(101 violations in all; ValidateVersion lists them all)"; nothing published."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="ambiguous", pricing_unit="USD"))
+        rates = [unit("calls", "1", model=str(i)) for i in range(11)] + [
+            unit("calls", "1", region=str(j)) for j in range(11)
+        ]
+        draft(client, "ambiguous", 0, rates)
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="ambiguous", version=1))
+        assert not report.ok and len(report.findings) == 101
+        assert {f.severity for f in report.findings} == {pricing_pb2.ERROR}
+        assert sum("would match both" in f.message for f in report.findings) == 100
+        assert "the first 100 such pairs are listed" in report.findings[-1].message, report.findings[-1]
+        code, details = refusal(lambda: publish(client, "ambiguous", 1, JAN))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and len(details.encode()) <= 512, details
+        assert details.endswith("(101 violations in all; ValidateVersion lists them all)"), details
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="ambiguous")).current_version == 0
+
+
+def test_an_x_actor_sent_twice_is_invalid_argument_and_changes_nothing(server: ServerProcess) -> None:
+    """pricing.proto AuditEntry.actor: an x-actor value is "sent once" (INVALID_ARGUMENT otherwise), even twice the
+    same: the audit log names one actor. CreateRateCard sent with x-actor ann and bob, then with ann twice: both
+    INVALID_ARGUMENT naming x-actor, no card made, no entry; with ann once: made, actor ann."""
+    request = pricing_pb2.CreateRateCardRequest(id="actors", pricing_unit="USD")
+    with server.client() as client:
+        before = audit_count(client)
+        for sent in ([("x-actor", "ann"), ("x-actor", "bob")], [("x-actor", "ann"), ("x-actor", "ann")]):
+            code, details = refusal(lambda: client.pricing.CreateRateCard(request, metadata=sent))  # noqa: B023
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("x-actor"), details
+        assert audit_count(client) == before
+        code, _ = refusal(lambda: client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="actors")))
+        assert code == grpc.StatusCode.NOT_FOUND
+        client.pricing.CreateRateCard(request, metadata=[("x-actor", "ann")])
+        [entry] = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(target="rate_card/actors")).entries
+        assert (entry.actor, entry.action) == ("ann", "CreateRateCard")
