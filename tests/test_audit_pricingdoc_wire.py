@@ -613,3 +613,35 @@ def test_an_x_actor_sent_twice_is_invalid_argument_and_changes_nothing(server: S
         client.pricing.CreateRateCard(request, metadata=[("x-actor", "ann")])
         [entry] = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(target="rate_card/actors")).entries
         assert (entry.actor, entry.action) == ("ann", "CreateRateCard")
+
+
+def test_removals_apply_before_upserts_and_sets_so_what_is_both_removed_and_written_anew_is_replaced(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto CreateDraftVersionRequest: "remove_rates apply first, so a rate both removed and upserted is
+    replaced" (a "*" entry is a key left out: {model "*"} is the catch-all); remove_parameters apply before
+    set_parameters alike. v1: k = 1, b = 2; `calls` at "k". v2 based on it removes the catch-all (written {model
+    "*"}) and upserts it at "k * 3", removes k and sets it to 5: v2 holds k = 5, b = 2 and the one catch-all rate
+    at "k * 3", which validates and diffs as 15 (was 1)."""
+    with server.client() as client:
+        _card(client, "removals", unit("calls", "k"), k="1", b="2")
+        request = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="removals",
+            based_on_version=1,
+            remove_rates=[pricing_pb2.RateKey(product_id="calls", match={"model": "*"})],
+            upsert_rates=[unit("calls", "k * 3")],
+            remove_parameters=["k"],
+            set_parameters={"k": "5"},
+        )
+        made = client.pricing.CreateDraftVersion(request)
+        assert dict(made.parameters) == {"k": "5", "b": "2"}
+        assert [(r.product_id, dict(r.match), r.unit.price) for r in made.rates] == [("calls", {}, "k * 3")]
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="removals", version=2))
+        assert report.ok and not report.findings
+        answer = diff(client, "removals", 1, 2)
+        assert [(p.name, p.old_value, p.new_value, p.kind) for p in answer.parameters] == [
+            ("k", "1", "5", pricing_pb2.CHANGED)
+        ]
+        [change] = answer.rates
+        assert change.kind == pricing_pb2.CHANGED
+        assert fields(change) == [("unit.price", "k", "k * 3", "1", "15", True, True)]

@@ -1654,7 +1654,9 @@ type CreateDraftVersionRequest struct {
 	// control character, line break or bidirectional control ("Free texts" at
 	// the top of contracts.proto; INVALID_ARGUMENT naming change_note).
 	ChangeNote string `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
-	// Parameters to drop.
+	// Parameters of the base to drop. They apply before set_parameters, as
+	// remove_rates before upsert_rates: a name both removed and set is set
+	// (its new value).
 	RemoveParameters []string `protobuf:"bytes,7,rep,name=remove_parameters,json=removeParameters,proto3" json:"remove_parameters,omitempty"`
 	// Idempotency key, within the rate card (the same key on another card is
 	// another key): a retry with the same key and request returns the draft the

@@ -786,7 +786,9 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   changeNote: string;
 
   /**
-   * Parameters to drop.
+   * Parameters of the base to drop. They apply before set_parameters, as
+   * remove_rates before upsert_rates: a name both removed and set is set
+   * (its new value).
    *
    * @generated from field: repeated string remove_parameters = 7;
    */
