@@ -645,3 +645,44 @@ def test_removals_apply_before_upserts_and_sets_so_what_is_both_removed_and_writ
         [change] = answer.rates
         assert change.kind == pricing_pb2.CHANGED
         assert fields(change) == [("unit.price", "k", "k * 3", "1", "15", True, True)]
+
+
+def test_a_filtered_audit_page_looks_through_at_most_8192_entries_and_says_where_to_go_on(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto GetAuditLogRequest: with an actor (action, time) filter "a page looks through at most 8,192
+    entries past after_seq (16 sealed chunks of 512 ...): such a page may hold fewer than page_size entries, even
+    none, while next_after_seq says where to go on"; without them (after_seq and target only) a page is whole.
+
+    From the log's newest seq s0: 8,800 customers created anonymously, then one by actor `needle`. Read by actor
+    `needle` after s0: the first page is empty, its next_after_seq past s0 and before the needle, having looked
+    through at most 8,192 entries (and more than 8,192 - 512: at most the first chunk is partly before s0); the
+    page after it holds the needle and ends with 0. The same read by target (customer/needle) finds it at once."""
+    with server.client() as client:
+        s0 = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries[-1].seq
+        for group in range(0, 8800, 400):
+            pending = [
+                client.contracts.CreateCustomer.future(contracts_pb2.CreateCustomerRequest(id=f"hay-{n}"))
+                for n in range(group, group + 400)
+            ]
+            assert all(p.result().id for p in pending)
+    with server.client(actor="needle") as named:
+        needle = named.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="needle"))
+    with server.client() as client:
+        by_actor = pricing_pb2.GetAuditLogRequest(after_seq=s0, actor="needle")
+        first = client.pricing.GetAuditLog(by_actor)
+        assert list(first.entries) == [] and first.next_after_seq > s0
+        looked = 0
+        after = s0
+        while after < first.next_after_seq:
+            page = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(after_seq=after, page_size=1000))
+            seqs = [e.seq for e in page.entries if e.seq <= first.next_after_seq]
+            looked, after = looked + len(seqs), page.entries[-1].seq
+        assert 8192 - 512 < looked <= 8192, looked
+        by_actor.after_seq = first.next_after_seq
+        second = client.pricing.GetAuditLog(by_actor)
+        assert [(e.actor, e.target) for e in second.entries] == [("needle", f"customer/{needle.id}")]
+        assert second.next_after_seq == 0
+        by_target = pricing_pb2.GetAuditLogRequest(after_seq=s0, target="customer/needle")
+        whole = client.pricing.GetAuditLog(by_target)
+        assert [e.actor for e in whole.entries] == ["needle"] and whole.next_after_seq == 0
