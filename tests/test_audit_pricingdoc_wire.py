@@ -190,8 +190,10 @@ def test_the_audit_diff_of_a_cohort_publish_holds_the_cohort_as_the_request_wrot
         shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="cohaudit", version=2))
         assert list(shown.cohort.customer_ids) == ["ac", "zc"] and not third.version.HasField("cohort")
 
-        request = pricing_pb2.GetAuditLogRequest(target="rate_card/cohaudit/", action="PublishVersion")
-        diffs = {e.target: json.loads(e.diff) for e in client.pricing.GetAuditLog(request).entries}
+        # By target only: a page read by action looks through at most 8,192 entries (GetAuditLogRequest).
+        request = pricing_pb2.GetAuditLogRequest(target="rate_card/cohaudit/")
+        found = client.pricing.GetAuditLog(request).entries
+        diffs = {e.target: json.loads(e.diff) for e in found if e.action == "PublishVersion"}
         assert diffs["rate_card/cohaudit/version/1"]["cohort"] is None
         assert diffs["rate_card/cohaudit/version/2"]["cohort"] == {
             "customer_ids": ["zc", "ac", "zc"],
@@ -647,6 +649,28 @@ def test_removals_apply_before_upserts_and_sets_so_what_is_both_removed_and_writ
         assert fields(change) == [("unit.price", "k", "k * 3", "1", "15", True, True)]
 
 
+def test_a_versions_created_by_is_whoever_made_it_not_whoever_published_it(server: ServerProcess) -> None:
+    """pricing.proto RateCardVersion.created_by: the actor of the CreateDraftVersion that made the version, or of
+    the RollbackRateCard that made a rollback's copy; publishing does not change it (the PublishVersion audit entry
+    names who published). ann drafts v1 and v2, bob publishes both, cat rolls back to v1 (copy v3): created_by ann,
+    ann, cat; the publishes' entries name bob."""
+    with server.client(actor="ann") as ann, server.client(actor="bob") as bob, server.client(actor="cat") as cat:
+        ann.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="makers", pricing_unit="USD"))
+        draft(ann, "makers", 0, [unit("calls", "1")])
+        publish(bob, "makers", 1, JAN)
+        draft(ann, "makers", 1, [unit("calls", "2")])
+        publish(bob, "makers", 2, JAN + HOUR_MS)
+        request = pricing_pb2.RollbackRateCardRequest(
+            rate_card_id="makers", to_version=1, effective_from=ts(JAN + 2 * HOUR_MS)
+        )
+        cat.pricing.RollbackRateCard(request)
+        listed = ann.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id="makers")).versions
+        assert [(v.version, v.created_by) for v in listed] == [(1, "ann"), (2, "ann"), (3, "cat")]
+        # By target only: a page read by action looks through at most 8,192 entries (GetAuditLogRequest).
+        found = ann.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(target="rate_card/makers/")).entries
+        assert [e.actor for e in found if e.action == "PublishVersion"] == ["bob", "bob"]
+
+
 def test_a_filtered_audit_page_looks_through_at_most_8192_entries_and_says_where_to_go_on(
     server: ServerProcess,
 ) -> None:
@@ -657,7 +681,8 @@ def test_a_filtered_audit_page_looks_through_at_most_8192_entries_and_says_where
     From the log's newest seq s0: 8,800 customers created anonymously, then one by actor `needle`. Read by actor
     `needle` after s0: the first page is empty, its next_after_seq past s0 and before the needle, having looked
     through at most 8,192 entries (and more than 8,192 - 512: at most the first chunk is partly before s0); the
-    page after it holds the needle and ends with 0. The same read by target (customer/needle) finds it at once."""
+    page after it holds the needle and ends with 0. The same read by target (customer/needle) finds it at once.
+    Last in the module: the 8,800 entries it adds would pass audit_count's one page of 1,000."""
     with server.client() as client:
         s0 = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1000)).entries[-1].seq
         for group in range(0, 8800, 400):
