@@ -1169,8 +1169,12 @@ type RateCardVersion struct {
 	// to the millisecond (what is finer is dropped). Unset on a draft and on a
 	// version for every customer outside cohorts: one published without a
 	// cohort or with a cohort of no criterion, and a rollback's copy.
-	Cohort    *Cohort `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
-	CreatedBy string  `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Cohort *Cohort `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
+	// Who made the version, as AuditEntry.actor names it: the actor of its
+	// CreateDraftVersion, or of the RollbackRateCard that made a rollback's
+	// copy. Publishing does not change it: who published a version is its
+	// PublishVersion audit entry's actor.
+	CreatedBy string `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// Set on a version RollbackRateCard made: the version it is a copy of (also
 	// its based_on_version); 0 on any other version.
 	RollbackToVersion uint32 `protobuf:"varint,13,opt,name=rollback_to_version,json=rollbackToVersion,proto3" json:"rollback_to_version,omitempty"`

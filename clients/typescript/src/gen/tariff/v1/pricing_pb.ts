@@ -534,6 +534,11 @@ export type RateCardVersion = Message<"tariff.v1.RateCardVersion"> & {
   cohort?: Cohort | undefined;
 
   /**
+   * Who made the version, as AuditEntry.actor names it: the actor of its
+   * CreateDraftVersion, or of the RollbackRateCard that made a rollback's
+   * copy. Publishing does not change it: who published a version is its
+   * PublishVersion audit entry's actor.
+   *
    * @generated from field: string created_by = 12;
    */
   createdBy: string;
