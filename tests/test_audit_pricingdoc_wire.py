@@ -671,6 +671,22 @@ def test_a_versions_created_by_is_whoever_made_it_not_whoever_published_it(serve
         assert [e.actor for e in found if e.action == "PublishVersion"] == ["bob", "bob"]
 
 
+def test_a_warning_leaves_a_version_ok_and_publishable_and_the_publish_answers_the_report(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto ValidationReport.ok: no finding is an ERROR, WARNINGs may be listed, and PublishVersion
+    publishes the version (its answer's validation is the report). A draft without rates: ok, one WARNING on
+    "rates"; published from 2026-01-01, version 1 in force, its answer's validation that same report."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="warned", pricing_unit="USD"))
+        draft(client, "warned", 0, [])
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="warned", version=1))
+        assert report.ok and [(f.severity, f.path) for f in report.findings] == [(pricing_pb2.WARNING, "rates")]
+        answer = publish(client, "warned", 1, JAN)
+        assert answer.validation == report and answer.version.state == pricing_pb2.PUBLISHED
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="warned")).current_version == 1
+
+
 def test_a_filtered_audit_page_looks_through_at_most_8192_entries_and_says_where_to_go_on(
     server: ServerProcess,
 ) -> None:

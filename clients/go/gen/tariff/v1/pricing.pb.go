@@ -202,8 +202,11 @@ type Severity int32
 
 const (
 	Severity_SEVERITY_UNSPECIFIED Severity = 0
-	Severity_ERROR                Severity = 1
-	Severity_WARNING              Severity = 2
+	// The version cannot be published (nor simulated).
+	Severity_ERROR Severity = 1
+	// Worth a look, but the version publishes: a version without rates, which
+	// prices nothing.
+	Severity_WARNING Severity = 2
 )
 
 // Enum value maps for Severity.
@@ -1871,9 +1874,11 @@ func (x *Finding) GetMessage() string {
 }
 
 type ValidationReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	Findings      []*Finding             `protobuf:"bytes,2,rep,name=findings,proto3" json:"findings,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// No finding is an ERROR (WARNINGs may be listed): PublishVersion would
+	// publish the version.
+	Ok            bool       `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Findings      []*Finding `protobuf:"bytes,2,rep,name=findings,proto3" json:"findings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

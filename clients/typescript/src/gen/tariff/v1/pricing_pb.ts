@@ -873,6 +873,9 @@ export const FindingSchema: GenMessage<Finding> = /*@__PURE__*/
  */
 export type ValidationReport = Message<"tariff.v1.ValidationReport"> & {
   /**
+   * No finding is an ERROR (WARNINGs may be listed): PublishVersion would
+   * publish the version.
+   *
    * @generated from field: bool ok = 1;
    */
   ok: boolean;
@@ -2004,11 +2007,16 @@ export enum Severity {
   SEVERITY_UNSPECIFIED = 0,
 
   /**
+   * The version cannot be published (nor simulated).
+   *
    * @generated from enum value: ERROR = 1;
    */
   ERROR = 1,
 
   /**
+   * Worth a look, but the version publishes: a version without rates, which
+   * prices nothing.
+   *
    * @generated from enum value: WARNING = 2;
    */
   WARNING = 2,
