@@ -687,6 +687,41 @@ def test_a_warning_leaves_a_version_ok_and_publishable_and_the_publish_answers_t
         assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="warned")).current_version == 1
 
 
+def test_a_publish_is_validated_before_the_usage_it_would_re_rate_is_looked_at(server: ServerProcess) -> None:
+    """pricing.proto PublishVersion: the refusals come in order, the version's state (NOT_FOUND,
+    FAILED_PRECONDITION: published from another hour), then the validation's INVALID_ARGUMENT, then the
+    FAILED_PRECONDITION of usage it cannot re-rate (PublishVersionRequest.effective_from): a version's own errors
+    are named first, whatever usage it would meet. SimulateVersion alike.
+
+    Card `vfirst` from s (6 hours ago): gauge (LATEST) and calls at 1; customer `vf` has a gauge reading at s+1h.
+    Draft v2 prices calls at -1: published from s (over the LATEST usage), INVALID_ARGUMENT naming
+    rates[1].unit.price; simulated over [s, now), the same. Draft v3 (valid, calls at 2) from s: FAILED_PRECONDITION
+    naming the customer and the product gauge. Nothing published: current_version 1."""
+    s = this_hour_ms() - 6 * HOUR_MS
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="vfirst", pricing_unit="USD"))
+        draft(client, "vfirst", 0, [unit("gauge", "1"), unit("calls", "1")])
+        publish(client, "vfirst", 1, s)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="vf", name="vf"))
+        open_contract(client, "vf", "k-vf", s, rate_card_id="vfirst")
+        reading = usage_pb2.UsageEvent(
+            transaction_id="vf-1", customer_id="vf", event_type="gauge", timestamp_ms=s + HOUR_MS, values={"n": 5}
+        )
+        assert rejected_in(client, reading) == []
+        draft(client, "vfirst", 1, [unit("calls", "-1")])
+        code, details = refusal(lambda: publish(client, "vfirst", 2, s))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "rates[1].unit.price" in details, details
+        simulate = pricing_pb2.SimulateVersionRequest(
+            rate_card_id="vfirst", version=2, period_start=ts(s), period_end=ts(this_hour_ms())
+        )
+        code, details = refusal(lambda: client.pricing.SimulateVersion(simulate))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "rates[1].unit.price" in details, details
+        draft(client, "vfirst", 1, [unit("calls", "2")])
+        code, details = refusal(lambda: publish(client, "vfirst", 3, s))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and '"vf"' in details and '"gauge"' in details, details
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="vfirst")).current_version == 1
+
+
 def test_a_filtered_audit_page_looks_through_at_most_8192_entries_and_says_where_to_go_on(
     server: ServerProcess,
 ) -> None:
