@@ -202,8 +202,11 @@ type Severity int32
 
 const (
 	Severity_SEVERITY_UNSPECIFIED Severity = 0
-	Severity_ERROR                Severity = 1
-	Severity_WARNING              Severity = 2
+	// The version cannot be published (nor simulated).
+	Severity_ERROR Severity = 1
+	// Worth a look, but the version publishes: a version without rates, which
+	// prices nothing.
+	Severity_WARNING Severity = 2
 )
 
 // Enum value maps for Severity.
@@ -1169,8 +1172,12 @@ type RateCardVersion struct {
 	// to the millisecond (what is finer is dropped). Unset on a draft and on a
 	// version for every customer outside cohorts: one published without a
 	// cohort or with a cohort of no criterion, and a rollback's copy.
-	Cohort    *Cohort `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
-	CreatedBy string  `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Cohort *Cohort `protobuf:"bytes,11,opt,name=cohort,proto3" json:"cohort,omitempty"`
+	// Who made the version, as AuditEntry.actor names it: the actor of its
+	// CreateDraftVersion, or of the RollbackRateCard that made a rollback's
+	// copy. Publishing does not change it: who published a version is its
+	// PublishVersion audit entry's actor.
+	CreatedBy string `protobuf:"bytes,12,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// Set on a version RollbackRateCard made: the version it is a copy of (also
 	// its based_on_version); 0 on any other version.
 	RollbackToVersion uint32 `protobuf:"varint,13,opt,name=rollback_to_version,json=rollbackToVersion,proto3" json:"rollback_to_version,omitempty"`
@@ -1654,7 +1661,9 @@ type CreateDraftVersionRequest struct {
 	// control character, line break or bidirectional control ("Free texts" at
 	// the top of contracts.proto; INVALID_ARGUMENT naming change_note).
 	ChangeNote string `protobuf:"bytes,6,opt,name=change_note,json=changeNote,proto3" json:"change_note,omitempty"`
-	// Parameters to drop.
+	// Parameters of the base to drop. They apply before set_parameters, as
+	// remove_rates before upsert_rates: a name both removed and set is set
+	// (its new value).
 	RemoveParameters []string `protobuf:"bytes,7,rep,name=remove_parameters,json=removeParameters,proto3" json:"remove_parameters,omitempty"`
 	// Idempotency key, within the rate card (the same key on another card is
 	// another key): a retry with the same key and request returns the draft the
@@ -1865,9 +1874,11 @@ func (x *Finding) GetMessage() string {
 }
 
 type ValidationReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	Findings      []*Finding             `protobuf:"bytes,2,rep,name=findings,proto3" json:"findings,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// No finding is an ERROR (WARNINGs may be listed): PublishVersion would
+	// publish the version.
+	Ok            bool       `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Findings      []*Finding `protobuf:"bytes,2,rep,name=findings,proto3" json:"findings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3398,7 +3409,11 @@ type AuditEntry struct {
 	// request's blanks) (for PublishVersion and RollbackRateCard, "effective_from_ms"
 	// is the instant the version took effect: the hour the call was applied in
 	// when it named none; for RollbackRateCard also "version", "rollback_from"
-	// and "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
+	// and "rollback_to"; a PublishVersion's "cohort" is the cohort as the
+	// request wrote it, to the millisecond: its customer_ids in the request's
+	// order, repeats included, and a cohort of no criterion as {"customer_ids":
+	// [], ...}, not null; RateCardVersion.cohort shows it as stored). Always
+	// valid JSON of at most 65,536 bytes: a bigger one
 	// keeps its fields but shortens the largest (a list or map to its first
 	// entries, a text to its start) until it fits, and adds "truncated":
 	// {"bytes": size of the whole, "fields": {name: {"of": entries or

@@ -81,7 +81,11 @@ type PricingServiceClient interface {
 	// card and version are looked at (here and on RollbackRateCard): a missing
 	// rate_card_id or version, an effective_from off the hour (also for a
 	// version published, a draft or unknown); then NOT_FOUND and
-	// FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
+	// FAILED_PRECONDITION of the version's state (published from another hour
+	// or for another cohort), then the validation's INVALID_ARGUMENT, and only
+	// then FAILED_PRECONDITION for usage it cannot re-rate
+	// (PublishVersionRequest.effective_from): a version's own errors are named
+	// first, whatever usage it would meet.
 	// A publish that re-rates usage is journaled first and answered once its
 	// re-rating is complete and durable, with what it did. A journal commit
 	// failing after the publish is durable (the one holding the re-rating's
@@ -299,7 +303,11 @@ type PricingServiceServer interface {
 	// card and version are looked at (here and on RollbackRateCard): a missing
 	// rate_card_id or version, an effective_from off the hour (also for a
 	// version published, a draft or unknown); then NOT_FOUND and
-	// FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
+	// FAILED_PRECONDITION of the version's state (published from another hour
+	// or for another cohort), then the validation's INVALID_ARGUMENT, and only
+	// then FAILED_PRECONDITION for usage it cannot re-rate
+	// (PublishVersionRequest.effective_from): a version's own errors are named
+	// first, whatever usage it would meet.
 	// A publish that re-rates usage is journaled first and answered once its
 	// re-rating is complete and durable, with what it did. A journal commit
 	// failing after the publish is durable (the one holding the re-rating's

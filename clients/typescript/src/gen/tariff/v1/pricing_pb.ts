@@ -534,6 +534,11 @@ export type RateCardVersion = Message<"tariff.v1.RateCardVersion"> & {
   cohort?: Cohort | undefined;
 
   /**
+   * Who made the version, as AuditEntry.actor names it: the actor of its
+   * CreateDraftVersion, or of the RollbackRateCard that made a rollback's
+   * copy. Publishing does not change it: who published a version is its
+   * PublishVersion audit entry's actor.
+   *
    * @generated from field: string created_by = 12;
    */
   createdBy: string;
@@ -786,7 +791,9 @@ export type CreateDraftVersionRequest = Message<"tariff.v1.CreateDraftVersionReq
   changeNote: string;
 
   /**
-   * Parameters to drop.
+   * Parameters of the base to drop. They apply before set_parameters, as
+   * remove_rates before upsert_rates: a name both removed and set is set
+   * (its new value).
    *
    * @generated from field: repeated string remove_parameters = 7;
    */
@@ -866,6 +873,9 @@ export const FindingSchema: GenMessage<Finding> = /*@__PURE__*/
  */
 export type ValidationReport = Message<"tariff.v1.ValidationReport"> & {
   /**
+   * No finding is an ERROR (WARNINGs may be listed): PublishVersion would
+   * publish the version.
+   *
    * @generated from field: bool ok = 1;
    */
   ok: boolean;
@@ -1829,7 +1839,11 @@ export type AuditEntry = Message<"tariff.v1.AuditEntry"> & {
    * request's blanks) (for PublishVersion and RollbackRateCard, "effective_from_ms"
    * is the instant the version took effect: the hour the call was applied in
    * when it named none; for RollbackRateCard also "version", "rollback_from"
-   * and "rollback_to"). Always valid JSON of at most 65,536 bytes: a bigger one
+   * and "rollback_to"; a PublishVersion's "cohort" is the cohort as the
+   * request wrote it, to the millisecond: its customer_ids in the request's
+   * order, repeats included, and a cohort of no criterion as {"customer_ids":
+   * [], ...}, not null; RateCardVersion.cohort shows it as stored). Always
+   * valid JSON of at most 65,536 bytes: a bigger one
    * keeps its fields but shortens the largest (a list or map to its first
    * entries, a text to its start) until it fits, and adds "truncated":
    * {"bytes": size of the whole, "fields": {name: {"of": entries or
@@ -1993,11 +2007,16 @@ export enum Severity {
   SEVERITY_UNSPECIFIED = 0,
 
   /**
+   * The version cannot be published (nor simulated).
+   *
    * @generated from enum value: ERROR = 1;
    */
   ERROR = 1,
 
   /**
+   * Worth a look, but the version publishes: a version without rates, which
+   * prices nothing.
+   *
    * @generated from enum value: WARNING = 2;
    */
   WARNING = 2,
@@ -2149,7 +2168,11 @@ export const PricingService: GenService<{
    * card and version are looked at (here and on RollbackRateCard): a missing
    * rate_card_id or version, an effective_from off the hour (also for a
    * version published, a draft or unknown); then NOT_FOUND and
-   * FAILED_PRECONDITION, then the validation's INVALID_ARGUMENT.
+   * FAILED_PRECONDITION of the version's state (published from another hour
+   * or for another cohort), then the validation's INVALID_ARGUMENT, and only
+   * then FAILED_PRECONDITION for usage it cannot re-rate
+   * (PublishVersionRequest.effective_from): a version's own errors are named
+   * first, whatever usage it would meet.
    * A publish that re-rates usage is journaled first and answered once its
    * re-rating is complete and durable, with what it did. A journal commit
    * failing after the publish is durable (the one holding the re-rating's
