@@ -236,9 +236,9 @@ export type Balance = Message<"tariff.v1.Balance"> & {
    * overage_amount priced at the contract's overage_price, in its currency
    * (currency), exact: not rounded to the currency's minor unit as an
    * invoice's amounts due are ("2.5" JPY here is overage_due "2" on
-   * PreviewInvoice, which rounds the same figure half-even once). It has up to 30 decimal places
-   * and, with an overage_price near its 10^18 limit, up to 45 integer digits,
-   * printed whole (99999999999999900000000000 credits at
+   * PreviewInvoice, which rounds the same figure half-even once). It has up
+   * to 30 decimal places and, with an overage_price near its 10^18 limit, up
+   * to 45 integer digits, printed whole (99999999999999900000000000 credits at
    * 999999999999999999.999999999999999999 is
    * "99999999999999899999999999999999999900000000.0000001").
    *
