@@ -156,7 +156,11 @@ def _evaluate(node: ast.expr, source: str, parameters: Mapping[str, Decimal], de
             if function == "round" and len(values) in (1, 2):
                 return _round(values[0], values[1] if len(values) == 2 else Decimal(0))
             raise FormulaError(f"unknown function or wrong arguments: {function}()")
-    raise FormulaError(f"{ast.get_source_segment(source, node)!r} is not allowed in a formula")
+    # The caller names the formula first: a part of it is quoted, the whole is not quoted twice.
+    segment = ast.get_source_segment(source, node)
+    if segment == source:
+        raise FormulaError("is not allowed in a formula")
+    raise FormulaError(f"holds {segment!r}, which is not allowed in a formula")
 
 
 def _round(value: Decimal, places_value: Decimal) -> Decimal:

@@ -176,3 +176,20 @@ def test_round_past_the_formula_precision_says_so(text: str) -> None:
 )
 def test_round_is_half_even_to_the_places_pricing_proto_documents(text: str, value: str) -> None:
     assert evaluate(text, {}) == Decimal(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("x.y", "is not allowed in a formula"),
+        ("a + x.y", "holds 'x.y', which is not allowed in a formula"),
+        ("a if a else 1", "is not allowed in a formula"),
+        ("2 * [1]", "holds '[1]', which is not allowed in a formula"),
+    ],
+)
+def test_a_construct_a_formula_may_not_hold_is_quoted_once(text: str, problem: str) -> None:
+    """ValidateVersion's finding reads "'<formula>' <problem>": the formula is quoted by the caller, so a construct
+    that is the whole formula is not quoted again ("'x.y' 'x.y' is not allowed" before), and a part of it is."""
+    with pytest.raises(FormulaError) as refused:
+        evaluate(text, {"a": Decimal(1)})
+    assert str(refused.value) == problem
