@@ -394,12 +394,18 @@ def simulation_table(state: BillingState, rate_card_id: str, number: int, start_
     if card is None:
         raise NotFound(f"rate card {rate_card_id!r} not found")
     version = card.version(number)
-    if end_ms <= start_ms:
-        raise InvalidArgument.field("period_end", "must be after period_start")
+    check_simulated_period(start_ms, end_ms)
     errors = [f for f in validate(version, state.products) if f.severity is Severity.ERROR]
     if errors:
         raise InvalidArgument([(f"version.{f.path}", f.message) for f in errors], listed_by="ValidateVersion")
     return msgspec.msgpack.encode(_version_table(card, version.number, state))
+
+
+def check_simulated_period(start_ms: int, end_ms: int) -> None:
+    """InvalidArgument naming period_end unless the period is not empty: wrong whatever the state, so the server
+    checks it before it looks the card up too."""
+    if end_ms <= start_ms:
+        raise InvalidArgument.field("period_end", "must be after period_start")
 
 
 def check_simulated_customers(customers: Mapping[str, Customer], customer_ids: Iterable[str]) -> None:

@@ -27,6 +27,7 @@ from engine.rerate import (
     SIMULATE_SLICE_CUSTOMERS,
     Simulation,
     check_simulated_customers,
+    check_simulated_period,
     simulate_slice,
     simulation_customers,
     simulation_table,
@@ -260,15 +261,15 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
 
     @unary
     async def GetVersion(self, request: pricing_pb2.GetVersionRequest, context: Context) -> pricing_pb2.RateCardVersion:
-        card = self._card_named(request.rate_card_id)
-        if request.WhichOneof("selector") == "at":
-            number = card.version_number_at(convert.ms_of(request.at, "at"))
-            if number is None:
-                raise NotFound(f"rate card {card.id!r} has no version in force at that time")
-        elif request.version:
-            number = request.version
-        else:
+        # What is wrong with the request whatever the state first, then what the state lacks (NOT_FOUND).
+        check_reference(request.rate_card_id, "rate_card_id", self.engine.state.rate_cards)
+        at_ms = convert.ms_of(request.at, "at") if request.WhichOneof("selector") == "at" else None
+        if at_ms is None and not request.version:
             raise InvalidArgument.field("version", "is required: a version number, or at (the version in force then)")
+        card = self.engine.rate_card(request.rate_card_id)
+        number = request.version if at_ms is None else card.version_number_at(at_ms)
+        if number is None:
+            raise NotFound(f"rate card {card.id!r} has no version in force at that time")
         return convert.version_pb(card.version(number))
 
     @unary
@@ -349,18 +350,21 @@ class PricingService(_Base, pricing_pb2_grpc.PricingServiceServicer):
         replay is unaffected)."""
         _required(rate_card_id=request.rate_card_id, version=request.version)
         _required(period_start=request.HasField("period_start"), period_end=request.HasField("period_end"))
-        self._card_named(request.rate_card_id)
+        check_reference(request.rate_card_id, "rate_card_id", self.engine.state.rate_cards)
         convert.check_count(
             request.customer_ids, "customer_ids", convert.CUSTOMER_IDS_MAX, "customer ids (none: every customer)"
         )
         for index, customer_id in enumerate(request.customer_ids):
             check_reference(customer_id, f"customer_ids[{index}]", self.engine.state.customers)
-        check_simulated_customers(self.engine.state.customers, request.customer_ids)  # NotFound naming each
         start_ms, end_ms = (
             convert.ms_of(request.period_start, "period_start"),
             # Rounded up: an end half a millisecond past an hour reaches into that hour, and is after a start on it.
             convert.ms_up_of(request.period_end, "period_end"),
         )
+        check_simulated_period(start_ms, end_ms)
+        # The request is well formed: now what the state lacks (NOT_FOUND), the card first.
+        self.engine.rate_card(request.rate_card_id)
+        check_simulated_customers(self.engine.state.customers, request.customer_ids)  # NotFound naming each
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + SIMULATE_RERATING_WAIT_S_MAX
         while True:

@@ -218,7 +218,10 @@ class PricingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetVersion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A malformed request (no version or at, an at out of range, a
+        rate_card_id breaking the id rule) is INVALID_ARGUMENT naming the field
+        before an unknown card or version is NOT_FOUND.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -234,7 +237,10 @@ class PricingServiceServicer:
 
     def SimulateVersion(self, request, context):
         """What a version would have charged for real recorded usage; waits for a
-        running re-rating of the card (see SimulateVersionRequest).
+        running re-rating of the card (see SimulateVersionRequest). A malformed
+        request (a field missing, a customer id breaking the id rule, a period
+        out of range or empty) is INVALID_ARGUMENT naming the field before an
+        unknown card, version or customer is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -105,13 +105,19 @@ type PricingServiceClient interface {
 	// taken over, is a new rollback.
 	RollbackRateCard(ctx context.Context, in *RollbackRateCardRequest, opts ...grpc.CallOption) (*PublishVersionResponse, error)
 	ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error)
+	// A malformed request (no version or at, an at out of range, a
+	// rate_card_id breaking the id rule) is INVALID_ARGUMENT naming the field
+	// before an unknown card or version is NOT_FOUND.
 	GetVersion(ctx context.Context, in *GetVersionRequest, opts ...grpc.CallOption) (*RateCardVersion, error)
 	// What changed from from_version to to_version (drafts included):
 	// parameters and rates added, removed and changed, with each differing
 	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(ctx context.Context, in *DiffVersionsRequest, opts ...grpc.CallOption) (*DiffVersionsResponse, error)
 	// What a version would have charged for real recorded usage; waits for a
-	// running re-rating of the card (see SimulateVersionRequest).
+	// running re-rating of the card (see SimulateVersionRequest). A malformed
+	// request (a field missing, a customer id breaking the id rule, a period
+	// out of range or empty) is INVALID_ARGUMENT naming the field before an
+	// unknown card, version or customer is NOT_FOUND.
 	SimulateVersion(ctx context.Context, in *SimulateVersionRequest, opts ...grpc.CallOption) (*SimulateVersionResponse, error)
 	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(ctx context.Context, in *GetAuditLogRequest, opts ...grpc.CallOption) (*GetAuditLogResponse, error)
@@ -327,13 +333,19 @@ type PricingServiceServer interface {
 	// taken over, is a new rollback.
 	RollbackRateCard(context.Context, *RollbackRateCardRequest) (*PublishVersionResponse, error)
 	ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error)
+	// A malformed request (no version or at, an at out of range, a
+	// rate_card_id breaking the id rule) is INVALID_ARGUMENT naming the field
+	// before an unknown card or version is NOT_FOUND.
 	GetVersion(context.Context, *GetVersionRequest) (*RateCardVersion, error)
 	// What changed from from_version to to_version (drafts included):
 	// parameters and rates added, removed and changed, with each differing
 	// price field's formula and evaluated price on both sides. Changes nothing.
 	DiffVersions(context.Context, *DiffVersionsRequest) (*DiffVersionsResponse, error)
 	// What a version would have charged for real recorded usage; waits for a
-	// running re-rating of the card (see SimulateVersionRequest).
+	// running re-rating of the card (see SimulateVersionRequest). A malformed
+	// request (a field missing, a customer id breaking the id rule, a period
+	// out of range or empty) is INVALID_ARGUMENT naming the field before an
+	// unknown card, version or customer is NOT_FOUND.
 	SimulateVersion(context.Context, *SimulateVersionRequest) (*SimulateVersionResponse, error)
 	// Every admin change, oldest first, filtered and a page at a time.
 	GetAuditLog(context.Context, *GetAuditLogRequest) (*GetAuditLogResponse, error)

@@ -2215,6 +2215,10 @@ export const PricingService: GenService<{
     output: typeof ListVersionsResponseSchema;
   },
   /**
+   * A malformed request (no version or at, an at out of range, a
+   * rate_card_id breaking the id rule) is INVALID_ARGUMENT naming the field
+   * before an unknown card or version is NOT_FOUND.
+   *
    * @generated from rpc tariff.v1.PricingService.GetVersion
    */
   getVersion: {
@@ -2236,7 +2240,10 @@ export const PricingService: GenService<{
   },
   /**
    * What a version would have charged for real recorded usage; waits for a
-   * running re-rating of the card (see SimulateVersionRequest).
+   * running re-rating of the card (see SimulateVersionRequest). A malformed
+   * request (a field missing, a customer id breaking the id rule, a period
+   * out of range or empty) is INVALID_ARGUMENT naming the field before an
+   * unknown card, version or customer is NOT_FOUND.
    *
    * @generated from rpc tariff.v1.PricingService.SimulateVersion
    */
