@@ -16,8 +16,9 @@ Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-
     u_sum     u           SUM of n                 1 a unit
     sized     sized       SUM of n, by `model`     1 a unit, for model=small only
 
-One server for the file (`--close-grace off`: no period closes by itself); each test makes its own customers, with a
-contract from the hour 5 hours ago (ALLOW, overage at 1 USD) unless said otherwise."""
+One server for the file (`--close-grace off`: no period closes by itself; `--message-mb-max 1`: 1 MiB messages, read
+or sent); each test makes its own customers, with a contract from the hour 5 hours ago (ALLOW, overage at 1 USD)
+unless said otherwise."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from tests.audit_fixtures import HOUR_MS, charges, open_contract, serving, this_
 from tests.serverproc import ServerProcess
 
 CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+MESSAGE_BYTES_MAX = 1024 * 1024  # --message-mb-max 1
 DAY_MS = 24 * HOUR_MS
 REJECT = usage_pb2.RejectReason
 Outcome = tuple[int, int, list[tuple[int, str, int]]]
@@ -64,7 +66,8 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-usagedoc")
-    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+    args = ["--close-grace", "off", "--message-mb-max", "1"]
+    yield from serving(ServerProcess(root / "data", extra_args=args), catalogue)
 
 
 def customer(client: TariffClient, customer_id: str, start_ms: int | None = None) -> int:
@@ -420,3 +423,88 @@ def test_no_version_in_force_refuses_an_event_feeding_a_product_not_one_feeding_
         unpriced = REJECT.NO_APPLICABLE_RATE
         assert outcome(ack) == (1, 0, [(0, "p0", unpriced), (1, "p1", unpriced)])
         assert charges(client, "unpriced") == "0"
+
+
+def grant_window(client: TariffClient, customer_id: str, grant_id: str, starts_ms: int, expires_ms: int) -> None:
+    """A promotional grant of 100 on `k-<customer_id>`, usable from `starts_ms` up to but not at `expires_ms`."""
+    grant = contracts_pb2.Grant(
+        id=grant_id,
+        contract_id=f"k-{customer_id}",
+        kind=contracts_pb2.PROMOTIONAL,
+        amount="100",
+        starts_at=stamp(starts_ms),
+        expires_at=stamp(expires_ms),
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+
+def test_a_grant_pays_the_events_dated_in_its_window_holding_its_start_and_not_its_end(server: ServerProcess) -> None:
+    """usage.proto UsageEvent.timestamp_ms: "the grants that may pay it those usable at it ..., each window holding
+    its start and not its end". A grant of 100 from 2 hours ago to 4 minutes ahead; events of 1 unit dated its
+    start less 1 ms (overage), its start (credit), its end less 1 ms and its end (both within the 5 minutes ahead
+    an event may be: credit, then overage). Charged 4: 2 from the grant (98 left), 2 overage."""
+    start_ms = this_hour_ms() - 2 * HOUR_MS
+    end_ms = now_ms() + 240_000
+    with server.client() as client:
+        customer(client, "window")
+        grant_window(client, "window", "g-window", start_ms, end_ms)
+        ack = ingest(
+            client,
+            event("w0", "window", at_ms=start_ms - 1),
+            event("w1", "window", at_ms=start_ms),
+            event("w2", "window", at_ms=end_ms - 1),
+            event("w3", "window", at_ms=end_ms),
+        )
+        assert outcome(ack) == (4, 0, [])
+        balance = client.get_balance("window")
+        assert (balance.period_charges, balance.credits_remaining, balance.overage_amount) == ("4", "98", "2")
+
+
+def test_a_late_event_dated_before_an_expiry_already_recorded_is_not_paid_by_that_grant(server: ServerProcess) -> None:
+    """usage.proto UsageEvent.timestamp_ms: the grants that may pay an event are those usable at its timestamp,
+    "credit whose breakage is already recorded aside". A grant of 100 from 4 hours ago that expired 1 hour ago
+    (its 100 recorded as breakage when the balance is read): an event dated 2 hours ago, received now, is overage
+    (1), and the grant's expired 100 stays as it is."""
+    with server.client() as client:
+        customer(client, "broken")
+        grant_window(client, "broken", "g-broken", this_hour_ms() - 4 * HOUR_MS, this_hour_ms() - HOUR_MS)
+        before = {g.grant_id: (g.drawn, g.remaining, g.expired) for g in client.get_balance("broken").grants}
+        assert before == {"g-broken": ("0", "0", "100")}
+        ack = ingest(client, event("late", "broken", at_ms=this_hour_ms() - 2 * HOUR_MS))
+        assert outcome(ack) == (1, 0, [])
+        balance = client.get_balance("broken")
+        assert (balance.period_charges, balance.overage_amount) == ("1", "1")
+        assert {g.grant_id: (g.drawn, g.remaining, g.expired) for g in balance.grants} == before
+
+
+def test_a_batch_filling_its_message_with_refused_events_is_acknowledged_on_both_calls(server: ServerProcess) -> None:
+    """usage.proto EventRejection.message and README "Usage": "Every batch gets its ack", "so that the ack is always
+    sent". A rejection echoes its event's transaction id and adds its index and reason: 10,000 events of a
+    transaction id alone (INVALID_EVENT: no customer_id) of about 100 bytes, filling a 1 MiB message, have an ack
+    about 50 KB larger than the batch even with every message left out, which gRPC refused to send ("Sent message
+    larger than max"): the call failed RESOURCE_EXHAUSTED, though its first 3 events (1, 2 and 4 units) were
+    committed, and every resend failed alike. The ack leaves the transaction ids out then, its indexes and reasons
+    whole (the index names the event in the batch its sender holds). Charged: 7, once; 15 with the batch sent
+    after it on the stream."""
+    with server.client() as client:
+        customer(client, "filled")
+        good = [event(f"f{i}", "filled", n=2**i) for i in range(3)]
+        probe = usage_pb2.UsageBatch(
+            batch_id="filled", events=[*good, *(usage_pb2.UsageEvent(transaction_id="x" * 50) for _ in range(9_997))]
+        )
+        size = 50 + (MESSAGE_BYTES_MAX - 64 - probe.ByteSize()) // 9_997
+        refused = [usage_pb2.UsageEvent(transaction_id=f"{i:05d}" + "x" * (size - 5)) for i in range(9_997)]
+        batch = usage_pb2.UsageBatch(batch_id="filled", events=[*good, *refused])
+        assert MESSAGE_BYTES_MAX - 20_000 < batch.ByteSize() <= MESSAGE_BYTES_MAX - 64
+        expected = [(3 + i, "", REJECT.INVALID_EVENT) for i in range(9_997)]
+        ack = client.usage.IngestUsageBatch(batch)
+        assert (ack.batch_id, outcome(ack)) == ("filled", (3, 0, expected))
+        assert ack.ByteSize() <= MESSAGE_BYTES_MAX and not any(r.message for r in ack.rejected)
+        assert charges(client, "filled") == "7"
+        after = usage_pb2.UsageBatch(batch_id="after", events=[event("f3", "filled", n=8)])
+        acks, code, _, _ = stream(client, [batch, after])
+        assert ([(a.batch_id, outcome(a)) for a in acks], code) == (
+            [("filled", (0, 3, expected)), ("after", (1, 0, []))],
+            grpc.StatusCode.OK,
+        )
+        assert charges(client, "filled") == "15"
