@@ -17,12 +17,14 @@ Catalogue (rate card `card`, pricing unit credits, version 1 in force from 2024-
     sized     sized       SUM of n, by `model`     1 a unit, for model=small only
 
 One server for the file (`--close-grace off`: no period closes by itself; `--message-mb-max 1`: 1 MiB messages, read
-or sent); each test makes its own customers, with a contract from the hour 5 hours ago (ALLOW, overage at 1 USD)
-unless said otherwise."""
+or sent; `--batch-events-max 104755`, the most events an ack can answer within 1 MiB); each test makes its own
+customers, with a contract from the hour 5 hours ago (ALLOW, overage at 1 USD) unless said otherwise."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +35,11 @@ from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usa
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, charges, open_contract, serving, this_hour_ms, unit
-from tests.serverproc import ServerProcess
+from tests.serverproc import REPO_ROOT, ServerProcess
 
 CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 MESSAGE_BYTES_MAX = 1024 * 1024  # --message-mb-max 1
+EVENTS_MAX = 104_755  # --batch-events-max: the most one ack can answer within 1 MiB
 DAY_MS = 24 * HOUR_MS
 REJECT = usage_pb2.RejectReason
 Outcome = tuple[int, int, list[tuple[int, str, int]]]
@@ -66,7 +69,7 @@ def catalogue(client: TariffClient) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-usagedoc")
-    args = ["--close-grace", "off", "--message-mb-max", "1"]
+    args = ["--close-grace", "off", "--message-mb-max", "1", "--batch-events-max", str(EVENTS_MAX)]
     yield from serving(ServerProcess(root / "data", extra_args=args), catalogue)
 
 
@@ -508,3 +511,36 @@ def test_a_batch_filling_its_message_with_refused_events_is_acknowledged_on_both
             grpc.StatusCode.OK,
         )
         assert charges(client, "filled") == "15"
+
+
+@pytest.mark.parametrize(("message_mb", "events_max"), [(1, 104_755), (16, 1_677_619)])
+def test_more_events_a_batch_than_one_ack_can_answer_is_a_usage_error(
+    tmp_path: Path, message_mb: int, events_max: int
+) -> None:
+    """README "Limits and backpressure": "Every batch gets its ack". An ack answers each refused event with its
+    index and reason, up to 10 bytes even with every id and message left out, where the event may be 2 (an empty
+    one): `--batch-events-max 200000 --message-mb-max 1` started a server whose ack to 200,000 empty events (a
+    400 KB batch) was 1.6 MB, which gRPC refused to send. More events than (the message limit - 1 KiB) / 10 bytes
+    is now a usage error (exit 2) naming both options, before anything is opened: 104,755 at 1 MiB, 1,677,619
+    at 16 MiB."""
+    command = [sys.executable, "-m", "server.cli", "serve", "--listen", "127.0.0.1:0"]
+    command += ["--data-dir", str(tmp_path / "data"), "--message-mb-max", str(message_mb)]
+    done = subprocess.run(
+        [*command, "--batch-events-max", str(events_max + 1)], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--batch-events-max" in done.stderr and f"--message-mb-max {message_mb}" in done.stderr, done.stderr
+    assert f"at most {events_max}" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_batch_of_as_many_empty_events_as_one_ack_can_answer_at_1_mib_is_answered(server: ServerProcess) -> None:
+    """The other side of the bound above: the module's server (`--batch-events-max 104755 --message-mb-max 1`)
+    started, and a batch of 104,755 empty events (INVALID_EVENT each: "transaction_id is required"), with a
+    batch_id of 256 bytes, is answered: every index and reason, within 1 MiB."""
+    with server.client() as client:
+        batch = usage_pb2.UsageBatch(batch_id="b" * 256, events=[usage_pb2.UsageEvent()] * EVENTS_MAX)
+        ack = client.usage.IngestUsageBatch(batch, timeout=60)
+        assert ack.ByteSize() <= MESSAGE_BYTES_MAX
+        assert (ack.batch_id, ack.accepted, ack.duplicates) == ("b" * 256, 0, 0)
+        assert [(r.index, r.reason) for r in ack.rejected] == [(i, REJECT.INVALID_EVENT) for i in range(EVENTS_MAX)]
