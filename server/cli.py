@@ -65,6 +65,30 @@ def _mib(value: int) -> int:
     return value * 1024 * 1024
 
 
+# What one refused event's rejection takes in an IngestAck with every id and message left out (server/services/usage.py
+# ids_left_out): an index (its tag and up to 5 bytes of varint), a reason (2), the entry's tag and length (2). An
+# empty event takes 2 bytes of its batch, so an ack may be 5 times its batch: the events a batch may hold are bounded
+# by what one ack can answer, its batch_id and counts (under 300 bytes) within a 1 KiB allowance.
+ACK_BYTES_AN_EVENT = 10
+ACK_BYTES_BESIDE_EVENTS = 1024
+
+
+def _events_one_ack_answers(message_mb_max: int) -> int:
+    return (_mib(message_mb_max) - ACK_BYTES_BESIDE_EVENTS) // ACK_BYTES_AN_EVENT
+
+
+def _check_batch_events_max(batch_events_max: int, message_mb_max: int) -> None:
+    """A usage error when a batch may hold more events than one ack can answer within --message-mb-max: gRPC
+    would refuse to send the ack of such a batch of refused events, committed or not, and of every resend."""
+    most = _events_one_ack_answers(message_mb_max)
+    if batch_events_max > most:
+        raise click.BadParameter(
+            f"{batch_events_max} is more events than one ack can answer within --message-mb-max {message_mb_max}"
+            f" ({ACK_BYTES_AN_EVENT} bytes an event): at most {most}",
+            param_hint="'--batch-events-max'",
+        )
+
+
 # gRPC reads --connection-idle-max as a 32-bit count of milliseconds: about 24 days.
 CONNECTION_IDLE_MS_MAX = 2**31 - 1
 
@@ -300,6 +324,7 @@ def serve(
     from server.closer import parse_duration_ms
     from server.snapshotting import SnapshotPolicy
 
+    _check_batch_events_max(batch_events_max, message_mb_max)
     try:
         close_grace_ms = parse_duration_ms(close_grace)
     except ValueError as exc:

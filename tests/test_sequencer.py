@@ -179,6 +179,49 @@ def test_an_id_accepted_longer_ago_than_the_window_is_accepted_again() -> None:
     run_with(journal, body, clock=lambda: clock[0], dedupe_window_ms=DAY_MS)
 
 
+def test_the_default_dedupe_window_ends_35_days_after_acceptance_to_the_millisecond() -> None:
+    """usage.proto UsageEvent.transaction_id: unique "across the dedupe window (35 days from the receive time of
+    the batch that accepted it, fixed: received 35 days later or more, it is accepted as new)". No wire test can
+    move the server's clock 35 days, so the boundary is read here, under the default window: a resend received
+    35 days less 1 ms after its acceptance is a duplicate, one received exactly 35 days after, new."""
+    journal = MemoryJournal()
+    clock = [NOW_MS]
+    window_ms = 35 * DAY_MS
+
+    async def body(sequencer: Sequencer) -> None:
+        await sequencer.run(batch(event("kept")))
+        clock[0] = NOW_MS + window_ms - 1
+        _, inside = await sequencer.run(batch(event("kept")))
+        clock[0] = NOW_MS + window_ms
+        _, at_the_end = await sequencer.run(batch(event("kept")))
+        assert isinstance(inside, Ingested) and isinstance(at_the_end, Ingested)
+        assert (inside.accepted, inside.duplicates) == (0, 1)
+        assert (at_the_end.accepted, at_the_end.duplicates) == (1, 0)
+
+    run_with(journal, body, clock=lambda: clock[0])
+
+
+def test_an_event_exactly_the_future_skew_ahead_is_taken_and_one_millisecond_more_is_not() -> None:
+    """usage.proto UsageEvent.timestamp_ms: "at most 5 minutes (--future-skew-s) past the server's clock when the
+    batch is rated, that instant included (later is TIMESTAMP_OUT_OF_RANGE)". The wire cannot pin the server's
+    clock to the millisecond; the sequencer's clock can."""
+    journal = MemoryJournal()
+
+    async def body(sequencer: Sequencer) -> None:
+        at_the_limit, past_it = event("at"), event("past")
+        at_the_limit.timestamp_ms = NOW_MS + 300_000
+        past_it.timestamp_ms = NOW_MS + 300_001
+        _, ingested = await sequencer.run(batch(at_the_limit, past_it))
+        assert isinstance(ingested, Ingested)
+        ack = usage_pb2.IngestAck.FromString(ingested.ack)
+        assert (ack.accepted, [(r.index, r.reason) for r in ack.rejected]) == (
+            1,
+            [(1, usage_pb2.TIMESTAMP_OUT_OF_RANGE)],
+        )
+
+    run_with(journal, body)
+
+
 def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
     journal = MemoryJournal()
 

@@ -186,19 +186,35 @@ ACK_MESSAGE_BYTES_MAX = 512
 
 def fitted_ack(ack: bytes, bytes_max: int) -> bytes:
     """The IngestAck the kernel encoded, so that gRPC can send it (`bytes_max`, --message-mb-max): as it is when
-    it fits (always, but for messages quoting huge fields: a customer_id that breaks the id rule is quoted whole,
-    escaped); else with each rejection's and notice's message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that
+    it fits; else with each rejection's and notice's message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that
     is still too large, left out, and then each transaction id over TEXT_BYTES_MAX bytes (INVALID_EVENT: no event
     has one) cut to that (an ack of 10,000 such ids echoed whole is larger than the batch that sent them). Counts,
-    indexes, reasons and every other transaction id stay whole: a batch whose ack could not be sent was committed
-    all the same, and every resend would fail alike, its outcome never known."""
+    indexes, reasons and every other id stay whole: a batch whose ack could not be sent was committed all the
+    same, and every resend would fail alike, its outcome never known. A rejection echoing its event's id adds its
+    index and reason to it, so a batch filling its message with refused events (possible under a lowered
+    --message-mb-max) has an ack larger than itself even so: then the ids the ack echoes are left out, each
+    index naming its event in the batch its sender holds (`ids_left_out`)."""
     fitted = fitted_answer(ack, bytes_max, usage_pb2.IngestAck.FromString, lambda a: [*a.rejected, *a.notices])
     if len(fitted) <= bytes_max:
         return fitted
     cut = usage_pb2.IngestAck.FromString(fitted)
     for rejection in cut.rejected:
         rejection.transaction_id = cut_text(rejection.transaction_id, TEXT_BYTES_MAX)
-    return cut.SerializeToString()
+    encoded = cut.SerializeToString()
+    if len(encoded) <= bytes_max:
+        return encoded
+    return ids_left_out(cut).SerializeToString()
+
+
+def ids_left_out(ack: usage_pb2.IngestAck) -> usage_pb2.IngestAck:
+    """`ack` without the ids its rejections and notices echo: an index and a reason each, at most 10 bytes (an
+    index under 2^32: 5 bytes of varint and its tag, a reason 2, their entry's tag and length 2)."""
+    for rejection in ack.rejected:
+        rejection.transaction_id = ""
+    for notice in ack.notices:
+        notice.transaction_id = ""
+        notice.reservation_id = ""
+    return ack
 
 
 Answer = TypeVar("Answer", bound=Message)

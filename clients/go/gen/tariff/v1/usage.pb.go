@@ -361,7 +361,11 @@ type EventRejection struct {
 	// so that the ack is always sent: index, transaction_id and reason stay
 	// whole, but for a transaction_id over 256 bytes (INVALID_EVENT: no event
 	// has one) in an ack still too large, cut to its first 256 bytes, ending
-	// " …" (an ack echoing 10,000 such ids is larger than their batch).
+	// " …" (an ack echoing 10,000 such ids is larger than their batch). In one
+	// larger still (a batch filling a lowered --message-mb-max with refused
+	// events: each rejection adds its index and reason to its event's id) the
+	// ids the ack echoes are left out, transaction_id here and both ids of
+	// every notice: the index names the event in the batch its sender holds.
 	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
