@@ -138,24 +138,24 @@ def _print_policy(remote: Remote, contract: object) -> None:
 DURATION_SECONDS_MAX = 315_576_000_000  # the most a protobuf Duration holds (10,000 years)
 
 
-class DurationSeconds(click.ParamType[float]):
-    """A number of seconds a Duration holds: NaN, infinities and more than 10,000 years make protobuf raise while
-    the request is built, so they are usage errors here (a negative or too long TTL is the server's to refuse)."""
+class TtlSeconds(click.ParamType[float]):
+    """A hold's TTL in seconds: more than 0 (a hold lasting no time, or less, is malformed whatever the server) and
+    at most what a Duration holds (NaN, infinities and more than 10,000 years make protobuf raise while the request
+    is built), else a usage error (exit 2) sent nowhere. A TTL past the server's --reservation-ttl-max-s, which
+    the client does not know, is the server's to refuse."""
 
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         seconds = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(seconds) or abs(seconds) > DURATION_SECONDS_MAX:
+        if not (math.isfinite(seconds) and 0 < seconds <= DURATION_SECONDS_MAX):
             self.fail(
-                f"{value!r} is not a number of seconds from -{DURATION_SECONDS_MAX} to {DURATION_SECONDS_MAX}",
-                param,
-                ctx,
+                f"{value!r} is not a number of seconds more than 0 and at most {DURATION_SECONDS_MAX}", param, ctx
             )
         return seconds
 
 
-DURATION_SECONDS = DurationSeconds()
+TTL_SECONDS = TtlSeconds()
 
 
 @click.command()
@@ -166,9 +166,10 @@ DURATION_SECONDS = DurationSeconds()
 @click.option("--id", "reservation_id", default="", help="the reservation id (a retry with it holds once)")
 @click.option(
     "--ttl-s",
-    type=DURATION_SECONDS,
+    type=TTL_SECONDS,
     default=None,
-    help="seconds the hold lasts unless settled  [default: 60, or the server's maximum when shorter]",
+    help="seconds the hold lasts unless settled, more than 0 (the server refuses more than its maximum)  "
+    "[default: 60, or the server's maximum when shorter]",
 )
 @remote_command
 def reserve(
