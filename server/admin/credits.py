@@ -11,6 +11,7 @@ import click
 from server.admin.balance import print_decision
 from server.admin.output import (
     UINT32_MAX,
+    decimal_option,
     left_out_note,
     parse_numbers,
     parse_pairs,
@@ -65,9 +66,19 @@ def topup() -> None:
 
 @topup.command("set")
 @click.argument("contract_id")
-@click.option("--threshold", required=True, help="decimal credits: top up when available credit falls below it")
-@click.option("--recharge-to", required=True, help="decimal credits: what a top-up brings available credit to")
-@click.option("--price-per-credit", required=True, help="decimal, in the contract's currency")
+@click.option(
+    "--threshold",
+    required=True,
+    callback=decimal_option,
+    help="decimal credits: top up when available credit falls below it",
+)
+@click.option(
+    "--recharge-to",
+    required=True,
+    callback=decimal_option,
+    help="decimal credits: what a top-up brings available credit to",
+)
+@click.option("--price-per-credit", required=True, callback=decimal_option, help="decimal, in the contract's currency")
 @click.option("--max-per-period", required=True, type=click.IntRange(0, UINT32_MAX), help="top-ups per billing period")
 @remote_command
 def topup_set(

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server.admin.output import UINT32_MAX, VERSION_NUMBER, pairs, parse_pairs, print_fields, print_json, print_table
+from server.admin.output import (
+    UINT32_MAX,
+    VERSION_NUMBER,
+    pairs,
+    parse_decimals,
+    parse_pairs,
+    print_fields,
+    print_json,
+    print_table,
+)
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
 from server.admin.remote import Remote, fail, remote_command
 
@@ -125,7 +134,7 @@ def draft(
     request = pricing_pb2.CreateDraftVersionRequest(
         rate_card_id=rate_card_id,
         based_on_version=base,
-        set_parameters=parse_pairs(set_parameters, "--set"),
+        set_parameters=parse_decimals(set_parameters, "--set"),
         remove_parameters=remove_parameters,
         upsert_rates=[
             *parse_json_messages(list(rates), pricing_pb2.Rate, "--rate"),
