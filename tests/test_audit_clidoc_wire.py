@@ -1,0 +1,161 @@
+"""An acceptance audit of `tariff`'s client commands against README's "Admin CLI" and each command's `--help`, for
+what tests/test_cli*.py and the other CLI audits leave out: every amount table says its unit, a malformed argument
+is a usage error naming its option before anything is sent (exit 2), and `usage send --json`'s summary is the
+object README describes. Run as a user runs it, against a real demo server on a real socket.
+
+The demo: customer `acme`, contract `acme-2026` (USD, periods from the 1st of this month), grant
+`acme-prepaid-50k` of 50,000 credits bought for 45,000 USD, rate card `ai-credits` (a complex GPT-4 summary: 5
+credits).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from tariff import TariffClient, now_ms
+
+from tests.audit_fixtures import audit_count, serving
+from tests.serverproc import ServerProcess
+from tests.test_cli import table_rows, tariff
+
+SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex"}
+
+
+def nothing(_client: TariffClient) -> None:
+    """The demo's catalogue is the module's."""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from serving(ServerProcess(tmp_path_factory.mktemp("audit-clidoc") / "data", demo=True), nothing)
+
+
+def this_month() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
+def titles(output: str) -> list[str]:
+    """The lines of a printed output that title a table (the line before a header whose next line is a rule)."""
+    lines = output.splitlines()
+    return [lines[i - 1].strip() for i in range(1, len(lines) - 1) if lines[i + 1].startswith("─") and i >= 1]
+
+
+def test_every_revenue_table_names_the_reports_currency(server: ServerProcess) -> None:
+    # README "Revenue": the report is in the contracts' currency; the demo's is USD, and acme's 45,000 USD prepaid
+    # stays deferred. Each of the three tables holds amounts of that currency, so each says which.
+    out = tariff(server, "revenue", "--from", this_month()).stdout
+    assert titles(out) == ["by product (USD)", "by customer (USD)", "reconciliation (USD)"], out
+    assert ["prepaid sold", "45000"] in table_rows(out)
+
+
+@pytest.mark.parametrize("ttl_s", ["0", "-5", "-0.001"])
+def test_a_reserve_ttl_that_is_not_positive_is_a_usage_error_and_holds_nothing(
+    server: ServerProcess, ttl_s: str
+) -> None:
+    # README "Admin CLI": a malformed argument is exit 2, the option named, nothing sent. A hold lasting no time
+    # (or less) is never one the server takes.
+    reservation = f"clidoc-ttl{ttl_s}"
+    done = tariff(server, "reserve", "acme", "ai_action", "--id", reservation, "--ttl-s", ttl_s, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "--ttl-s" in done.stderr and "Traceback" not in done.stderr
+    with server.client() as client:
+        assert str(client.get_balance("acme").credits_held) == "0"
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor=2,5"), "--set"),
+        (("ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor= 2"), "--set"),
+        (("alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "1_000"), "--threshold"),
+        (
+            ("topup", "set", "acme-2026", "--threshold", "ten", "--recharge-to", "5000")
+            + ("--price-per-credit", "0.9", "--max-per-period", "2"),
+            "--threshold",
+        ),
+        (
+            ("topup", "set", "acme-2026", "--threshold", "1000", "--recharge-to", "+5000")
+            + ("--price-per-credit", "0.9", "--max-per-period", "2"),
+            "--recharge-to",
+        ),
+        (
+            ("topup", "set", "acme-2026", "--threshold", "1000", "--recharge-to", "5000")
+            + ("--price-per-credit", ".9", "--max-per-period", "2"),
+            "--price-per-credit",
+        ),
+    ],
+)
+def test_a_decimal_option_that_is_no_decimal_is_a_usage_error_naming_the_option(
+    server: ServerProcess, args: tuple[str, ...], option: str
+) -> None:
+    # README "Admin CLI": exit 2 for a malformed argument, the option named, before anything is sent (so the audit
+    # log gains nothing); the server's own refusal would name the wire's field (top_up.threshold), not the option.
+    with server.client() as client:
+        before = audit_count(client)
+    done = tariff(server, *args, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert option in done.stderr and "is not a decimal" in done.stderr, done.stderr
+    assert "INVALID_ARGUMENT" not in done.stderr
+    with server.client() as client:
+        assert audit_count(client) == before
+
+
+def test_a_decimal_option_in_the_grammar_is_sent_as_written(server: ServerProcess) -> None:
+    # The client's check is the server's grammar, no stricter: an exponent and a negative parameter are decimals.
+    args = ("ratecard", "draft", "ai-credits", "--base", "1", "--set", "tiny=1e-3", "--set", "off=-0.5", "--json")
+    parameters = json.loads(tariff(server, *args).stdout)["parameters"]
+    assert (parameters["tiny"], parameters["off"], parameters["gpt4_factor"]) == ("1e-3", "-0.5", "2.5")
+    alert = json.loads(
+        tariff(server, "alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "2.5E3", "--json")
+        .stdout
+    )
+    assert (alert["customer_id"], alert["threshold"]) == ("acme", "2500")  # 2.5E3, as the server normalises it
+
+
+def test_usage_send_json_is_the_summary_readme_describes(server: ServerProcess) -> None:
+    # README "Admin CLI": `usage send --json` prints its summary, one object: the counts, the rejections by reason
+    # and the first rejected transaction id and message of each reason, and the batches sent and resent.
+    now = now_ms()
+    lines = [
+        {"transaction_id": "clidoc-u1", "customer_id": "acme", "event_type": "ai_action", "timestamp_ms": now},
+        {"transaction_id": "clidoc-u2", "customer_id": "nobody", "event_type": "ai_action", "timestamp_ms": now},
+    ]
+    lines[0]["dimensions"] = SUMMARY
+    stdin = "".join(json.dumps(line) + "\n" for line in lines)
+    done = tariff(server, "usage", "send", "--json", stdin=stdin, check=False)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout) == {
+        "events_read": 2,
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": 1,
+        "rejected_by_reason": {"UNKNOWN_CUSTOMER": 1},
+        "rejections": [
+            {"transaction_id": "clidoc-u2", "reason": "UNKNOWN_CUSTOMER", "message": "customer 'nobody' does not exist"}
+        ],
+        "batches": 1,
+        "batches_resent": 0,
+    }
+
+
+def test_balance_shows_credits_in_the_pricing_unit_and_due_in_the_currency(server: ServerProcess) -> None:
+    # README "Admin CLI": tables say their units; `--json` is protobuf's JSON mapping with proto field names,
+    # decimals as strings and the 64-bit as_of_seq as a string.
+    rows = table_rows(tariff(server, "balance", "acme").stdout)
+    labels = [row[0] for row in rows if row]
+    for label in ("credits remaining (credits)", "credits available (credits)", "overage due (USD)"):
+        assert label in labels, labels
+    shown = json.loads(tariff(server, "balance", "acme", "--json").stdout)
+    assert (shown["customer_id"], shown["pricing_unit"], shown["currency"]) == ("acme", "credits", "USD")
+    assert isinstance(shown["as_of_seq"], str) and isinstance(shown["credits_available"], str)
+    assert shown["grants"][0]["grant_id"] == "acme-prepaid-50k" and shown["grants"][0]["amount"] == "50000"
+
+
+def test_grants_json_is_an_object_naming_its_list(server: ServerProcess) -> None:
+    # README "Admin CLI": what --json prints is one JSON object, a list under its name, never a bare array.
+    shown = json.loads(tariff(server, "grants", "acme", "--json").stdout)
+    assert list(shown) == ["grants"]
+    assert [g["grant_id"] for g in shown["grants"]] == ["acme-prepaid-50k"]
