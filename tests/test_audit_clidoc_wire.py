@@ -159,3 +159,19 @@ def test_grants_json_is_an_object_naming_its_list(server: ServerProcess) -> None
     shown = json.loads(tariff(server, "grants", "acme", "--json").stdout)
     assert list(shown) == ["grants"]
     assert [g["grant_id"] for g in shown["grants"]] == ["acme-prepaid-50k"]
+
+
+def test_topup_set_and_clear_json_print_the_policy_then_null(server: ServerProcess) -> None:
+    # README "Admin CLI": topup set, clear and show --json print the contract's policy (its top_up), null when none.
+    policy = ("--threshold", "100", "--recharge-to", "500", "--price-per-credit", "0.9", "--max-per-period", "2")
+    set_json = json.loads(tariff(server, "topup", "set", "acme-2026", *policy, "--json").stdout)
+    assert set_json == {
+        "threshold": "100",
+        "recharge_to": "500",
+        "price_per_credit": "0.9",
+        "max_per_period": 2,
+        "currency": "USD",
+    }
+    assert json.loads(tariff(server, "topup", "show", "acme-2026", "--json").stdout) == set_json
+    assert tariff(server, "topup", "clear", "acme-2026", "--json").stdout.strip() == "null"
+    assert tariff(server, "topup", "show", "acme-2026", "--json").stdout.strip() == "null"

@@ -84,7 +84,8 @@ def topup() -> None:
 def topup_set(
     remote: Remote, contract_id: str, threshold: str, recharge_to: str, price_per_credit: str, max_per_period: int
 ) -> None:
-    """Sets the top-up policy of CONTRACT_ID's customer."""
+    """Sets the top-up policy of CONTRACT_ID's customer. With --json: the policy (a TopUpPolicy), not the whole
+    contract."""
     from tariff.v1 import contracts_pb2
 
     policy = contracts_pb2.TopUpPolicy(
@@ -101,7 +102,7 @@ def topup_set(
 @remote_command
 def topup_clear(remote: Remote, contract_id: str) -> None:
     """Clears the top-up policy of CONTRACT_ID's customer (a SetTopUpPolicy without top_up; clearing none changes
-    nothing)."""
+    nothing). With --json: null, the policy left."""
     from tariff.v1 import contracts_pb2
 
     request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id)
