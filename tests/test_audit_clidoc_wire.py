@@ -154,11 +154,11 @@ def test_balance_shows_credits_in_the_pricing_unit_and_due_in_the_currency(serve
     assert shown["grants"][0]["grant_id"] == "acme-prepaid-50k" and shown["grants"][0]["amount"] == "50000"
 
 
-def test_grants_json_is_an_object_naming_its_list(server: ServerProcess) -> None:
-    # README "Admin CLI": what --json prints is one JSON object, a list under its name, never a bare array.
-    shown = json.loads(tariff(server, "grants", "acme", "--json").stdout)
-    assert list(shown) == ["grants"]
-    assert [g["grant_id"] for g in shown["grants"]] == ["acme-prepaid-50k"]
+def test_the_balance_grants_table_says_its_unit_as_tariff_grants_does(server: ServerProcess) -> None:
+    # `tariff grants acme` titles its table "grants of acme (credits)"; the same grants' amounts under `tariff
+    # balance` were titled "grants" alone, below fields that each say "(credits)".
+    assert "grants of acme (credits)" in titles(tariff(server, "grants", "acme").stdout)
+    assert "grants (credits)" in titles(tariff(server, "balance", "acme").stdout)
 
 
 def test_topup_set_and_clear_json_print_the_policy_then_null(server: ServerProcess) -> None:
