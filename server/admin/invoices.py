@@ -176,7 +176,7 @@ PERIOD_START_HELP = (
 
 @invoices.command()
 @click.argument("customer_id")
-@click.option("--period", help="YYYY-MM: the period starting in that month  [default: the current period]")
+@click.option("--period", metavar="YYYY-MM", help="the period starting in that month  [default: the current period]")
 @click.option("--period-start", type=UtcTime(), metavar="ISO-8601", help=PERIOD_START_HELP)
 @remote_command
 def preview(remote: Remote, customer_id: str, period: str | None, period_start: datetime | None) -> None:
@@ -196,7 +196,7 @@ def preview(remote: Remote, customer_id: str, period: str | None, period_start: 
 
 @invoices.command()
 @click.argument("customer_id", required=False)
-@click.option("--period", help="YYYY-MM: the period starting in that month (with CUSTOMER_ID)")
+@click.option("--period", metavar="YYYY-MM", help="the period starting in that month (with CUSTOMER_ID)")
 @click.option("--period-start", type=UtcTime(), metavar="ISO-8601", help=PERIOD_START_HELP)
 @click.option("--all", "close_all", is_flag=True, help="every customer's periods that have ended")
 @remote_command
@@ -267,8 +267,14 @@ def list_invoices(
 
 @invoices.command("list")
 @click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
-@click.option("--period", help="YYYY-MM: periods starting in that month")
-@click.option("--status", type=click.Choice(["final", "draft"]), default="final", show_default=True)
+@click.option("--period", metavar="YYYY-MM", help="periods starting in that month")
+@click.option(
+    "--status",
+    type=click.Choice(["final", "draft"]),
+    default="final",
+    show_default=True,
+    help="draft lists nothing: drafts are not stored",
+)
 @remote_command
 def list_command(remote: Remote, customer_id: str, period: str | None, status: str) -> None:
     """Final invoices, by number (drafts are not stored: `tariff invoices preview` shows one)."""
@@ -338,7 +344,7 @@ def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
 
 
 @invoices.command()
-@click.option("--period", required=True, help="YYYY-MM: final invoices of periods starting in that month")
+@click.option("--period", required=True, metavar="YYYY-MM", help="final invoices of periods starting in that month")
 @click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
 @remote_command

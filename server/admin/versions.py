@@ -185,7 +185,11 @@ def validate(remote: Remote, rate_card_id: str, version: int) -> None:
 @click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
 @click.option("--cohort-customer", "cohort_customers", multiple=True, help="cohort: this customer id (repeatable)")
 @click.option(
-    "--cohort-attribute", "cohort_attributes", multiple=True, help="cohort: customers with attribute k=v (repeatable)"
+    "--cohort-attribute",
+    "cohort_attributes",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="cohort: customers with this attribute value (repeatable)",
 )
 @click.option("--cohort-created-after", type=UtcTime(), help="cohort: customers created after this time")
 @remote_command
