@@ -175,3 +175,27 @@ def test_topup_set_and_clear_json_print_the_policy_then_null(server: ServerProce
     assert json.loads(tariff(server, "topup", "show", "acme-2026", "--json").stdout) == set_json
     assert tariff(server, "topup", "clear", "acme-2026", "--json").stdout.strip() == "null"
     assert tariff(server, "topup", "show", "acme-2026", "--json").stdout.strip() == "null"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("audit", "--since", "2026-12-01T01:00:00+01:00", "--until", "2026-11-30 23:00"),
+            "--until 2026-11-30T23:00:00Z is not after --since 2026-12-01T00:00:00Z",
+        ),
+        (
+            ("ratecard", "simulate", "ai-credits", "1", "--from", "2026-12-01T01:00:00+01:00", "--to", "2026-12-01"),
+            "--to 2026-12-01T00:00:00Z is not after --from 2026-12-01T00:00:00Z",
+        ),
+    ],
+    ids=["audit", "simulate"],
+)
+def test_a_span_ending_before_it_starts_names_both_times_in_utc(
+    server: ServerProcess, args: tuple[str, ...], expected: str
+) -> None:
+    # A TIME naming no offset is UTC; one with an offset is that instant. The refusal names both instants as the
+    # CLI shows times, in UTC with Z (01:00+01:00 is 00:00Z), not Python's "+00:00" or the offset as typed.
+    done = tariff(server, *args, check=False)
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr, done.stderr

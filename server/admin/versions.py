@@ -58,6 +58,12 @@ class UtcTime(click.ParamType[datetime]):
         return moment
 
 
+def utc_text(moment: datetime) -> str:
+    """A parsed TIME as the CLI names an instant in a message, in UTC as --json writes it (`2026-12-01T00:00:00Z`):
+    an offset as typed (`01:00:00+01:00`) or Python's `+00:00` would make two equal instants read as different."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def timestamp(moment: datetime) -> Timestamp:
     from google.protobuf.timestamp_pb2 import Timestamp
 
