@@ -199,3 +199,24 @@ def test_a_span_ending_before_it_starts_names_both_times_in_utc(
     done = tariff(server, *args, check=False)
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr, done.stderr
+
+
+def test_a_publish_prints_its_rerating_counts_in_one_table(server: ServerProcess) -> None:
+    # Last in the module: it publishes. PublishVersionResponse's counts are one answer; `ratecard publish` printed
+    # "events re-rated" in a field table of its own, then the other counts under a second "field value" header.
+    month_start = datetime.now(UTC).strftime("%Y-%m-01T00:00:00Z")
+    event = {"transaction_id": "clidoc-publish-1", "customer_id": "acme", "event_type": "ai_action"}
+    event |= {"timestamp_ms": now_ms(), "dimensions": SUMMARY}
+    tariff(server, "usage", "send", stdin=json.dumps(event) + "\n")
+    drafted = json.loads(tariff(server, "ratecard", "draft", "ai-credits", "--base", "1", "--json").stdout)
+    version = str(drafted["version"])
+    published = tariff(server, "ratecard", "publish", "ai-credits", version, "--effective-from", month_start).stdout
+    assert titles(published)[-1] == "re-rating", published
+    lines = published.splitlines()
+    after_title = [i for i, line in enumerate(lines) if line.strip() == "re-rating"][-1] + 1
+    counts = table_rows("\n".join(lines[after_title:]))
+    assert counts[0] == ["field", "value"], counts
+    labels = [row[0] for row in counts[2:]]
+    assert labels[:4] == ["events re-rated", "customers re-rated", "buckets re-rated", "re-rated amount delta"]
+    assert ["re-rated amount delta", "0"] in counts  # version 1's prices again: nothing moves
+    assert published.count("field   ") == 2, published  # the version's fields, then the counts: one table each

@@ -19,6 +19,7 @@ import click
 from server.admin.output import (
     UINT32_MAX,
     VERSION_NUMBER,
+    Cell,
     pairs,
     parse_decimals,
     parse_pairs,
@@ -232,19 +233,19 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
         print_json(published)
         return
     print_version(published.version)
-    print_fields([("events re-rated", published.events_rerated)])
+    # One answer, one table: the counts of customers, buckets and closed periods only when any bucket was touched.
+    counts: list[tuple[str, Cell]] = [("events re-rated", published.events_rerated)]
     if published.buckets_rerated or published.closed_buckets_left_alone:
-        print_fields(
-            [
-                ("customers re-rated", published.customers_rerated),
-                ("buckets re-rated", published.buckets_rerated),
-                ("re-rated amount delta", published.rerated_amount_delta),
-                ("closed-period buckets left alone", published.closed_buckets_left_alone),
-                ("closed-period events left alone", published.closed_events_left_alone),
-                ("closed-period amount left alone", published.closed_amount_left_alone),
-                *([("left alone because", published.left_alone_reason)] if published.left_alone_reason else []),
-            ]
-        )
+        counts += [
+            ("customers re-rated", published.customers_rerated),
+            ("buckets re-rated", published.buckets_rerated),
+            ("re-rated amount delta", published.rerated_amount_delta),
+            ("closed-period buckets left alone", published.closed_buckets_left_alone),
+            ("closed-period events left alone", published.closed_events_left_alone),
+            ("closed-period amount left alone", published.closed_amount_left_alone),
+            *([("left alone because", published.left_alone_reason)] if published.left_alone_reason else []),
+        ]
+    print_fields(counts, title="re-rating")
     if published.validation.findings:
         print_report(published.validation)
 
