@@ -103,6 +103,15 @@ def test_a_decimal_option_that_is_no_decimal_is_a_usage_error_naming_the_option(
         assert audit_count(client) == before
 
 
+def test_an_id_the_servers_rule_refuses_is_exit_1_naming_the_field(server: ServerProcess) -> None:
+    # README "Admin CLI", exit 1: a well-formed argument the server's rules refuse comes back INVALID_ARGUMENT naming
+    # the request's field, in one line; nothing is created.
+    done = tariff(server, "customers", "create", "clidoc bad", check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("tariff: INVALID_ARGUMENT: id: 'clidoc bad' must be 1-128"), done.stderr
+    assert tariff(server, "customers", "show", "clidoc bad", check=False).returncode == 1
+
+
 def test_a_decimal_option_in_the_grammar_is_sent_as_written(server: ServerProcess) -> None:
     # The client's check is the server's grammar, no stricter: an exponent and a negative parameter are decimals.
     args = ("ratecard", "draft", "ai-credits", "--base", "1", "--set", "tiny=1e-3", "--set", "off=-0.5", "--json")
