@@ -37,6 +37,12 @@ def this_month() -> str:
     return datetime.now(UTC).strftime("%Y-%m")
 
 
+def topup_set(threshold: str, recharge_to: str, price_per_credit: str) -> tuple[str, ...]:
+    """`tariff topup set` of the demo's contract, two top-ups a period."""
+    amounts = ("--threshold", threshold, "--recharge-to", recharge_to, "--price-per-credit", price_per_credit)
+    return ("topup", "set", "acme-2026", *amounts, "--max-per-period", "2")
+
+
 def titles(output: str) -> list[str]:
     """The lines of a printed output that title a table (the line before a header whose next line is a rule)."""
     lines = output.splitlines()
@@ -71,21 +77,9 @@ def test_a_reserve_ttl_that_is_not_positive_is_a_usage_error_and_holds_nothing(
         (("ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor=2,5"), "--set"),
         (("ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor= 2"), "--set"),
         (("alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "1_000"), "--threshold"),
-        (
-            ("topup", "set", "acme-2026", "--threshold", "ten", "--recharge-to", "5000")
-            + ("--price-per-credit", "0.9", "--max-per-period", "2"),
-            "--threshold",
-        ),
-        (
-            ("topup", "set", "acme-2026", "--threshold", "1000", "--recharge-to", "+5000")
-            + ("--price-per-credit", "0.9", "--max-per-period", "2"),
-            "--recharge-to",
-        ),
-        (
-            ("topup", "set", "acme-2026", "--threshold", "1000", "--recharge-to", "5000")
-            + ("--price-per-credit", ".9", "--max-per-period", "2"),
-            "--price-per-credit",
-        ),
+        (topup_set("ten", "5000", "0.9"), "--threshold"),
+        (topup_set("1000", "+5000", "0.9"), "--recharge-to"),
+        (topup_set("1000", "5000", ".9"), "--price-per-credit"),
     ],
 )
 def test_a_decimal_option_that_is_no_decimal_is_a_usage_error_naming_the_option(
@@ -118,8 +112,9 @@ def test_a_decimal_option_in_the_grammar_is_sent_as_written(server: ServerProces
     parameters = json.loads(tariff(server, *args).stdout)["parameters"]
     assert (parameters["tiny"], parameters["off"], parameters["gpt4_factor"]) == ("1e-3", "-0.5", "2.5")
     alert = json.loads(
-        tariff(server, "alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "2.5E3", "--json")
-        .stdout
+        tariff(
+            server, "alerts", "create", "--customer", "acme", "--type", "LOW_BALANCE", "--threshold", "2.5E3", "--json"
+        ).stdout
     )
     assert (alert["customer_id"], alert["threshold"]) == ("acme", "2500")  # 2.5E3, as the server normalises it
 
@@ -214,7 +209,7 @@ def test_a_publish_prints_its_rerating_counts_in_one_table(server: ServerProcess
     # Last in the module: it publishes. PublishVersionResponse's counts are one answer; `ratecard publish` printed
     # "events re-rated" in a field table of its own, then the other counts under a second "field value" header.
     month_start = datetime.now(UTC).strftime("%Y-%m-01T00:00:00Z")
-    event = {"transaction_id": "clidoc-publish-1", "customer_id": "acme", "event_type": "ai_action"}
+    event: dict[str, object] = {"transaction_id": "clidoc-publish-1", "customer_id": "acme", "event_type": "ai_action"}
     event |= {"timestamp_ms": now_ms(), "dimensions": SUMMARY}
     tariff(server, "usage", "send", stdin=json.dumps(event) + "\n")
     drafted = json.loads(tariff(server, "ratecard", "draft", "ai-credits", "--base", "1", "--json").stdout)
