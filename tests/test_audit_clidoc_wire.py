@@ -10,27 +10,38 @@ credits).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from tariff import TariffClient, now_ms
 
-from tests.audit_fixtures import audit_count, serving
+from tests.audit_fixtures import audit_count, open_contract, serving
 from tests.serverproc import ServerProcess
 from tests.test_cli import table_rows, tariff
 
 SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex"}
 
 
-def nothing(_client: TariffClient) -> None:
-    """The demo's catalogue is the module's."""
+def last_month_start() -> datetime:
+    first = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first - timedelta(days=1)).replace(day=1)
+
+
+def catalogue(client: TariffClient) -> None:
+    """The demo's, and customer `clidoc-old`, whose contract on the demo card started last month (no usage): that
+    month's period has ended and can be closed."""
+    open_contract(
+        client, "clidoc-old", "clidoc-old-1", int(last_month_start().timestamp()) * 1000, rate_card_id="ai-credits"
+    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from serving(ServerProcess(tmp_path_factory.mktemp("audit-clidoc") / "data", demo=True), nothing)
+    yield from serving(ServerProcess(tmp_path_factory.mktemp("audit-clidoc") / "data", demo=True), catalogue)
 
 
 def this_month() -> str:
@@ -203,6 +214,19 @@ def test_a_span_ending_before_it_starts_names_both_times_in_utc(
     done = tariff(server, *args, check=False)
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr, done.stderr
+
+
+def test_the_csv_export_writes_times_as_the_tables_do_fractional_seconds_included(server: ServerProcess) -> None:
+    # README "Invoices and revenue": the CSV's times are as the tables write them, `YYYY-MM-DD HH:MM:SSZ`, with the
+    # fractional seconds when there are any: closed_at is the instant of the close, to the millisecond.
+    month = last_month_start().strftime("%Y-%m")
+    tariff(server, "invoices", "close", "clidoc-old", "--period", month)
+    invoices = json.loads(tariff(server, "invoices", "list", "--customer", "clidoc-old", "--json").stdout)["invoices"]
+    exported = tariff(server, "invoices", "export", "--period", month, "--customer", "clidoc-old").stdout
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert len(rows) == 1 and len(invoices) == 1, exported  # an invoice without lines: one row
+    assert (rows[0]["period_start"], rows[0]["line_id"]) == (f"{month}-01 00:00:00Z", "")
+    assert rows[0]["closed_at"] == invoices[0]["closed_at"].replace("T", " ", 1)
 
 
 def test_a_publish_prints_its_rerating_counts_in_one_table(server: ServerProcess) -> None:
