@@ -319,7 +319,8 @@ def rate_change_rows(change: pricing_pb2.RateChange) -> list[tuple[str, ...]]:
 @click.option("--at", type=UtcTime(), help="the version in force at this time (outside cohorts)")
 @remote_command
 def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | None) -> None:
-    """One version: its state, when it takes effect, its parameters and rates [default: the one in force now]."""
+    """One version: its state, when it takes effect, its parameters and rates [default: the one in force now for
+    every customer outside cohorts]."""
     from tariff.v1 import pricing_pb2
 
     if version is not None and at is not None:
