@@ -176,6 +176,14 @@ def test_the_balance_grants_table_says_its_unit_as_tariff_grants_does(server: Se
     assert "grants (credits)" in titles(tariff(server, "balance", "acme").stdout)
 
 
+def test_the_grants_revenue_column_says_its_currency_not_credits(server: ServerProcess) -> None:
+    # GrantBalance.recognized_revenue is drawn x paid_amount / amount: money of the contract's currency (45,000 USD
+    # for 50,000 credits), under a title saying "(credits)" for the other columns.
+    out = tariff(server, "grants", "acme").stdout
+    header = out.splitlines()[1].split()
+    assert header[header.index("expired") + 1 : header.index("expired") + 3] == ["revenue", "(USD)"], out
+
+
 def test_topup_set_and_clear_json_print_the_policy_then_null(server: ServerProcess) -> None:
     # README "Admin CLI": topup set, clear and show --json print the contract's policy (its top_up), null when none.
     policy = ("--threshold", "100", "--recharge-to", "500", "--price-per-credit", "0.9", "--max-per-period", "2")

@@ -53,7 +53,9 @@ def grants(remote: Remote, customer_id: str) -> None:
         )
         for g in found.grants
     ]
-    columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "revenue", "starts", "expires")
+    # The title's unit is the credits'; recognised revenue is money (drawn x paid / amount), in the contract's currency.
+    revenue = f"revenue ({found.currency})" if found.currency else "revenue"
+    columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", revenue, "starts", "expires")
     unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
     print_table(columns, rows, title=f"grants of {customer_id}{unit}{left_out_note(found.grants_left_out)}")
 
