@@ -184,6 +184,15 @@ def test_the_grants_revenue_column_says_its_currency_not_credits(server: ServerP
     assert header[header.index("expired") + 1 : header.index("expired") + 3] == ["revenue", "(USD)"], out
 
 
+def test_the_invoice_lines_say_the_unit_of_their_overage(server: ServerProcess) -> None:
+    # The invoice's fields say "overage (credits)" and "overage due (USD)"; its lines' overage column, in credits
+    # beside "due (USD)", said no unit at all.
+    out = tariff(server, "invoices", "preview", "acme").stdout
+    lines = out.splitlines()
+    header = lines[[line.strip() for line in lines].index("lines") + 1]
+    assert "amount (credits)" in header and "overage (credits)" in header and "due (USD)" in header, header
+
+
 def test_topup_set_and_clear_json_print_the_policy_then_null(server: ServerProcess) -> None:
     # README "Admin CLI": topup set, clear and show --json print the contract's policy (its top_up), null when none.
     policy = ("--threshold", "100", "--recharge-to", "500", "--price-per-credit", "0.9", "--max-per-period", "2")

@@ -160,7 +160,7 @@ def print_invoice(invoice: invoices_pb2.Invoice) -> None:
         )
         for line in invoice.lines
     ]
-    columns = ("line", "quantity", "prices", f"amount ({unit})", "credits", "overage", f"due ({currency})")
+    columns = ("line", "quantity", "prices", f"amount ({unit})", "credits", f"overage ({unit})", f"due ({currency})")
     print_table(columns, rows, title="lines")
 
 
