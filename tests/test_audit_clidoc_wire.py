@@ -68,6 +68,17 @@ def test_every_revenue_table_names_the_reports_currency(server: ServerProcess) -
     assert ["prepaid sold", "45000"] in table_rows(out)
 
 
+def test_the_revenue_columns_say_recognised_from_credits_and_from_overage(server: ServerProcess) -> None:
+    # README "Revenue" (and the reconciliation's own labels): recognised from credits, recognised from overage. A
+    # column headed "credits" under "(USD)" read as a count of credits.
+    rows = table_rows(tariff(server, "revenue", "--from", this_month()).stdout)
+    headers = [row for row in rows if row and row[0] == "period"]
+    assert headers == [
+        ["period", "product", "recognised", "from credits", "from overage", "breakage"],
+        ["period", "customer", "recognised", "from credits", "from overage", "breakage", "deferred at end"],
+    ]
+
+
 @pytest.mark.parametrize("ttl_s", ["0", "-5", "-0.001"])
 def test_a_reserve_ttl_that_is_not_positive_is_a_usage_error_and_holds_nothing(
     server: ServerProcess, ttl_s: str

@@ -38,7 +38,7 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
     if remote.as_json:
         print_json(found)
         return
-    columns = ("period", "product", "recognised", "credits", "overage", "breakage")
+    columns = ("period", "product", "recognised", "from credits", "from overage", "breakage")
     rows = [
         (when(x.period_start), x.product_id, x.recognized, x.recognized_credits, x.recognized_overage, x.breakage)
         for x in found.lines
