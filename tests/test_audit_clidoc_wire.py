@@ -141,6 +141,18 @@ def test_a_decimal_option_in_the_grammar_is_sent_as_written(server: ServerProces
     assert (alert["customer_id"], alert["threshold"]) == ("acme", "2500")  # 2.5E3, as the server normalises it
 
 
+def test_a_choice_is_taken_in_the_case_the_tables_print_it(server: ServerProcess) -> None:
+    # `products list` prints the aggregation COUNT, `invoices list --json` the status INVOICE_FINAL's FINAL, and
+    # `alerts list` LOW_BALANCE; --aggregation took only `count`, --status only `final`, --type only `LOW_BALANCE`:
+    # a value copied from one output into the next command was a usage error.
+    product = ("products", "create", "clidoc-calls", "--event-type", "clidoc_call", "--aggregation", "COUNT", "--json")
+    assert json.loads(tariff(server, *product).stdout)["aggregation"] == "COUNT"
+    rule = ("alerts", "create", "--customer", "acme", "--type", "credits_exhausted", "--id", "clidoc-case", "--json")
+    assert json.loads(tariff(server, *rule).stdout)["type"] == "CREDITS_EXHAUSTED"
+    listed = json.loads(tariff(server, "invoices", "list", "--status", "FINAL", "--customer", "acme", "--json").stdout)
+    assert listed == {"invoices": []}
+
+
 def test_usage_send_json_is_the_summary_readme_describes(server: ServerProcess) -> None:
     # README "Admin CLI": `usage send --json` prints its summary, one object: the counts, the rejections by reason
     # and the first rejected transaction id and message of each reason, and the batches sent and resent.

@@ -42,7 +42,9 @@ def _rule_row(rule: alerts_pb2.AlertRule) -> tuple[str, str, str, str]:
 @alerts.command("create")
 @click.option("--customer", "customer_id", help="the customer the rule watches")
 @click.option("--all", "all_customers", is_flag=True, help="watch every customer instead")
-@click.option("--type", "alert_type", type=click.Choice(ALERT_TYPES), required=True, help="what fires it")
+@click.option(
+    "--type", "alert_type", type=click.Choice(ALERT_TYPES, case_sensitive=False), required=True, help="what fires it"
+)
 @click.option(
     "--threshold",
     callback=decimal_option,

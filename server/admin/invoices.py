@@ -270,7 +270,7 @@ def list_invoices(
 @click.option("--period", metavar="YYYY-MM", help="periods starting in that month")
 @click.option(
     "--status",
-    type=click.Choice(["final", "draft"]),
+    type=click.Choice(["final", "draft"], case_sensitive=False),
     default="final",
     show_default=True,
     help="draft lists nothing: drafts are not stored",
