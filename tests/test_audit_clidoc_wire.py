@@ -288,3 +288,17 @@ def test_a_publish_prints_its_rerating_counts_in_one_table(server: ServerProcess
     assert labels[:4] == ["events re-rated", "customers re-rated", "buckets re-rated", "re-rated amount delta"]
     assert ["re-rated amount delta", "0"] in counts  # version 1's prices again: nothing moves
     assert published.count("field   ") == 2, published  # the version's fields, then the counts: one table each
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    # README "Admin CLI": `tariff COMMAND --help` documents every option (invoices export --format had none).
+    import click
+
+    from server.cli import main
+
+    def undocumented(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [x for name, sub in command.commands.items() for x in undocumented(sub, f"{path} {name}")]
+        return [f"{path} {p.opts[0]}" for p in command.params if isinstance(p, click.Option) and not p.help]
+
+    assert undocumented(main, "tariff") == []

@@ -345,7 +345,14 @@ def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
 
 @invoices.command()
 @click.option("--period", required=True, metavar="YYYY-MM", help="final invoices of periods starting in that month")
-@click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "json"], case_sensitive=False),
+    default="csv",
+    show_default=True,
+    help="CSV, its columns in README's order, or JSON (as --json)",
+)
 @click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
 @remote_command
 def export(remote: Remote, period: str, output_format: str, customer_id: str) -> None:
