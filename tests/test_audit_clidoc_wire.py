@@ -270,8 +270,9 @@ def test_the_csv_export_writes_times_as_the_tables_do_fractional_seconds_include
 
 
 def test_a_publish_prints_its_rerating_counts_in_one_table(server: ServerProcess) -> None:
-    # Last in the module: it publishes. PublishVersionResponse's counts are one answer; `ratecard publish` printed
-    # "events re-rated" in a field table of its own, then the other counts under a second "field value" header.
+    # It publishes (version 1's prices again: no later test reads a price). PublishVersionResponse's counts are one
+    # answer; `ratecard publish` printed "events re-rated" in a field table of its own, then the other counts under
+    # a second "field value" header.
     month_start = datetime.now(UTC).strftime("%Y-%m-01T00:00:00Z")
     event: dict[str, object] = {"transaction_id": "clidoc-publish-1", "customer_id": "acme", "event_type": "ai_action"}
     event |= {"timestamp_ms": now_ms(), "dimensions": SUMMARY}
@@ -302,3 +303,14 @@ def test_every_option_of_every_command_has_help() -> None:
         return [f"{path} {p.opts[0]}" for p in command.params if isinstance(p, click.Option) and not p.help]
 
     assert undocumented(main, "tariff") == []
+
+
+def test_ratecards_show_json_holds_the_card_its_versions_and_the_version_or_null(server: ServerProcess) -> None:
+    # README "Admin CLI": ratecards show --json is {"rate_card", "versions", "version"}, version null while none is in
+    # force.
+    tariff(server, "ratecards", "create", "clidoc-empty", "--unit", "USD")
+    empty = json.loads(tariff(server, "ratecards", "show", "clidoc-empty", "--json").stdout)
+    assert (empty["rate_card"]["id"], empty["versions"], empty["version"]) == ("clidoc-empty", [], None)
+    demo = json.loads(tariff(server, "ratecards", "show", "ai-credits", "--version", "1", "--json").stdout)
+    assert list(demo) == ["rate_card", "versions", "version"]
+    assert (demo["rate_card"]["pricing_unit"], demo["version"]["version"]) == ("credits", 1)
