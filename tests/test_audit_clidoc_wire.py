@@ -269,6 +269,17 @@ def test_the_csv_export_writes_times_as_the_tables_do_fractional_seconds_include
     assert rows[0]["closed_at"] == invoices[0]["closed_at"].replace("T", " ", 1)
 
 
+def test_a_month_without_a_period_is_one_not_found_line_as_every_exit_1_is(server: ServerProcess) -> None:
+    # README "Admin CLI", exit 1: the status code and message in one line (`tariff: NOT_FOUND: ...`). acme's contract
+    # starts this month: last month holds no period of it, which the CLI finds out itself and said without a code.
+    month = last_month_start().strftime("%Y-%m")
+    for command in ("preview", "close", "explain"):
+        args = ("invoices", command, "acme", *(["ai_action"] if command == "explain" else []), "--period", month)
+        done = tariff(server, *args, check=False)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == f"tariff: NOT_FOUND: customer 'acme' has no period starting in {month}\n", done.stderr
+
+
 def test_a_publish_prints_its_rerating_counts_in_one_table(server: ServerProcess) -> None:
     # It publishes (version 1's prices again: no later test reads a price). PublishVersionResponse's counts are one
     # answer; `ratecard publish` printed "events re-rated" in a field table of its own, then the other counts under

@@ -120,7 +120,8 @@ def period_starting_in(client: TariffClient, customer_id: str, period: str) -> i
             break
         found = preview_at(moment)
     if found is None or not starts_in_month(found):
-        fail(f"customer {customer_id!r} has no period starting in {period}")
+        # The CLI finds this out itself, over several previews; said as every exit-1 line is, with its status code.
+        fail(f"NOT_FOUND: customer {customer_id!r} has no period starting in {period}")
     return found
 
 
