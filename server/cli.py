@@ -55,7 +55,7 @@ def main() -> None:
     Client commands reach the server at --server (env TARIFF_SERVER, default 127.0.0.1:50051) with --api-key
     (env TARIFF_API_KEY) and wait --timeout-s (env TARIFF_TIMEOUT_S, default 10) for each answer; they print
     tables, or JSON with --json, and exit 1 with the server's status code and message when a call fails, 2 for a
-    malformed argument (before anything is sent), 3 when the server was not reached (UNAVAILABLE) or did not answer
+    malformed argument (before anything is sent) or a closed stdout (`>&-`), 3 when the server was not reached (UNAVAILABLE) or did not answer
     in time (DEADLINE_EXCEEDED), 130 when interrupted (Ctrl-C; a watch exits 0), 141 when stdout's reader stopped
     reading (`| head -1`).
     """
@@ -436,7 +436,12 @@ def _key_name(_ctx: click.Context, _param: click.Parameter, name: str) -> str:
     callback=_key_name,
     help="who uses the key; the audit log's actor: 1-128 letters, digits and ._:@-",
 )
-@click.option("--role", required=True, type=click.Choice(["admin", "ingest", "read"]))
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "ingest", "read"]),
+    help="what the key may call: everything; usage, balances and alerts; or reads (README, API keys)",
+)
 @click.option(
     "--customers",
     help="comma-separated customer ids the key is restricted to  [default: none: every customer]",

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.admin.output import JOURNAL_SEQ, echo_line, message_dict, pairs, print_json, print_table, when
+from server.admin.output import (
+    JOURNAL_SEQ,
+    decimal_option,
+    echo_line,
+    message_dict,
+    pairs,
+    print_json,
+    print_table,
+    when,
+)
 from server.admin.remote import Remote, remote_command, until_interrupted
 
 if TYPE_CHECKING:
@@ -33,23 +42,30 @@ def _rule_row(rule: alerts_pb2.AlertRule) -> tuple[str, str, str, str]:
 @alerts.command("create")
 @click.option("--customer", "customer_id", help="the customer the rule watches")
 @click.option("--all", "all_customers", is_flag=True, help="watch every customer instead")
-@click.option("--type", "alert_type", type=click.Choice(ALERT_TYPES), required=True, help="what fires it")
-@click.option("--threshold", default="", help="in the pricing unit: LOW_BALANCE and SPEND_THRESHOLD need one")
+@click.option(
+    "--type", "alert_type", type=click.Choice(ALERT_TYPES, case_sensitive=False), required=True, help="what fires it"
+)
+@click.option(
+    "--threshold",
+    callback=decimal_option,
+    help="a decimal in the pricing unit: LOW_BALANCE and SPEND_THRESHOLD need one",
+)
 @click.option("--id", "rule_id", default="", help="the rule's id (the retry key)  [default: from its content]")
 @remote_command
 def create(
-    remote: Remote, customer_id: str | None, all_customers: bool, alert_type: str, threshold: str, rule_id: str
+    remote: Remote, customer_id: str | None, all_customers: bool, alert_type: str, threshold: str | None, rule_id: str
 ) -> None:
     """Create an alert rule for one customer (--customer) or all (--all). Running it again creates nothing more."""
     from tariff.v1 import alerts_pb2
 
     if bool(customer_id) == all_customers:
         raise click.UsageError("give exactly one of --customer ID and --all")
+    threshold_text = threshold or ""  # none given: the server says whether the type needs one
     if all_customers:
-        request = alerts_pb2.CreateAlertRequest(all=True, type=alert_type, threshold=threshold, id=rule_id)
+        request = alerts_pb2.CreateAlertRequest(all=True, type=alert_type, threshold=threshold_text, id=rule_id)
     else:
         request = alerts_pb2.CreateAlertRequest(
-            customer_id=customer_id, type=alert_type, threshold=threshold, id=rule_id
+            customer_id=customer_id, type=alert_type, threshold=threshold_text, id=rule_id
         )
     with remote.client() as client:
         rule = client.alerts.CreateAlert(request)

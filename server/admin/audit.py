@@ -8,7 +8,7 @@ import click
 
 from server.admin.output import JOURNAL_SEQ, print_json, print_table, when
 from server.admin.remote import Remote, remote_command
-from server.admin.versions import UtcTime, timestamp
+from server.admin.versions import UtcTime, timestamp, utc_text
 
 CHANGE_CHARS_SHOWN = 100
 
@@ -44,7 +44,7 @@ def audit(
     from tariff.v1 import pricing_pb2
 
     if since is not None and until is not None and until <= since:
-        raise click.UsageError(f"--until {until.isoformat()} is not after --since {since.isoformat()}")
+        raise click.UsageError(f"--until {utc_text(until)} is not after --since {utc_text(since)}")
     request = pricing_pb2.GetAuditLogRequest(after_seq=after_seq, target=target, actor=by, action=action)
     if since is not None:
         request.start_time.CopyFrom(timestamp(since))

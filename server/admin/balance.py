@@ -57,7 +57,7 @@ def balance(remote: Remote, customer_id: str) -> None:
         for g in found.grants
     ]
     columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "priority", "expires")
-    print_table(columns, rows, title=f"grants{left_out_note(found.grants_left_out)}")
+    print_table(columns, rows, title=f"grants{unit}{left_out_note(found.grants_left_out)}")
 
 
 @click.command()

@@ -11,6 +11,7 @@ import click
 from server.admin.balance import print_decision
 from server.admin.output import (
     UINT32_MAX,
+    decimal_option,
     left_out_note,
     parse_numbers,
     parse_pairs,
@@ -52,7 +53,9 @@ def grants(remote: Remote, customer_id: str) -> None:
         )
         for g in found.grants
     ]
-    columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", "revenue", "starts", "expires")
+    # The title's unit is the credits'; recognised revenue is money (drawn x paid / amount), in the contract's currency.
+    revenue = f"revenue ({found.currency})" if found.currency else "revenue"
+    columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", revenue, "starts", "expires")
     unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
     print_table(columns, rows, title=f"grants of {customer_id}{unit}{left_out_note(found.grants_left_out)}")
 
@@ -65,15 +68,26 @@ def topup() -> None:
 
 @topup.command("set")
 @click.argument("contract_id")
-@click.option("--threshold", required=True, help="decimal credits: top up when available credit falls below it")
-@click.option("--recharge-to", required=True, help="decimal credits: what a top-up brings available credit to")
-@click.option("--price-per-credit", required=True, help="decimal, in the contract's currency")
+@click.option(
+    "--threshold",
+    required=True,
+    callback=decimal_option,
+    help="decimal credits: top up when available credit falls below it",
+)
+@click.option(
+    "--recharge-to",
+    required=True,
+    callback=decimal_option,
+    help="decimal credits: what a top-up brings available credit to",
+)
+@click.option("--price-per-credit", required=True, callback=decimal_option, help="decimal, in the contract's currency")
 @click.option("--max-per-period", required=True, type=click.IntRange(0, UINT32_MAX), help="top-ups per billing period")
 @remote_command
 def topup_set(
     remote: Remote, contract_id: str, threshold: str, recharge_to: str, price_per_credit: str, max_per_period: int
 ) -> None:
-    """Sets the top-up policy of CONTRACT_ID's customer."""
+    """Sets the top-up policy of CONTRACT_ID's customer. With --json: the policy (a TopUpPolicy), not the whole
+    contract."""
     from tariff.v1 import contracts_pb2
 
     policy = contracts_pb2.TopUpPolicy(
@@ -90,7 +104,7 @@ def topup_set(
 @remote_command
 def topup_clear(remote: Remote, contract_id: str) -> None:
     """Clears the top-up policy of CONTRACT_ID's customer (a SetTopUpPolicy without top_up; clearing none changes
-    nothing)."""
+    nothing). With --json: null, the policy left."""
     from tariff.v1 import contracts_pb2
 
     request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id)
@@ -138,24 +152,24 @@ def _print_policy(remote: Remote, contract: object) -> None:
 DURATION_SECONDS_MAX = 315_576_000_000  # the most a protobuf Duration holds (10,000 years)
 
 
-class DurationSeconds(click.ParamType[float]):
-    """A number of seconds a Duration holds: NaN, infinities and more than 10,000 years make protobuf raise while
-    the request is built, so they are usage errors here (a negative or too long TTL is the server's to refuse)."""
+class TtlSeconds(click.ParamType[float]):
+    """A hold's TTL in seconds: more than 0 (a hold lasting no time, or less, is malformed whatever the server) and
+    at most what a Duration holds (NaN, infinities and more than 10,000 years make protobuf raise while the request
+    is built), else a usage error (exit 2) sent nowhere. A TTL past the server's --reservation-ttl-max-s, which
+    the client does not know, is the server's to refuse."""
 
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         seconds = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(seconds) or abs(seconds) > DURATION_SECONDS_MAX:
+        if not (math.isfinite(seconds) and 0 < seconds <= DURATION_SECONDS_MAX):
             self.fail(
-                f"{value!r} is not a number of seconds from -{DURATION_SECONDS_MAX} to {DURATION_SECONDS_MAX}",
-                param,
-                ctx,
+                f"{value!r} is not a number of seconds more than 0 and at most {DURATION_SECONDS_MAX}", param, ctx
             )
         return seconds
 
 
-DURATION_SECONDS = DurationSeconds()
+TTL_SECONDS = TtlSeconds()
 
 
 @click.command()
@@ -166,9 +180,10 @@ DURATION_SECONDS = DurationSeconds()
 @click.option("--id", "reservation_id", default="", help="the reservation id (a retry with it holds once)")
 @click.option(
     "--ttl-s",
-    type=DURATION_SECONDS,
+    type=TTL_SECONDS,
     default=None,
-    help="seconds the hold lasts unless settled  [default: 60, or the server's maximum when shorter]",
+    help="seconds the hold lasts unless settled, more than 0 (the server refuses more than its maximum)  "
+    "[default: 60, or the server's maximum when shorter]",
 )
 @remote_command
 def reserve(

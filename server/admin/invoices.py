@@ -120,7 +120,8 @@ def period_starting_in(client: TariffClient, customer_id: str, period: str) -> i
             break
         found = preview_at(moment)
     if found is None or not starts_in_month(found):
-        fail(f"customer {customer_id!r} has no period starting in {period}")
+        # The CLI finds this out itself, over several previews; said as every exit-1 line is, with its status code.
+        fail(f"NOT_FOUND: customer {customer_id!r} has no period starting in {period}")
     return found
 
 
@@ -160,7 +161,7 @@ def print_invoice(invoice: invoices_pb2.Invoice) -> None:
         )
         for line in invoice.lines
     ]
-    columns = ("line", "quantity", "prices", f"amount ({unit})", "credits", "overage", f"due ({currency})")
+    columns = ("line", "quantity", "prices", f"amount ({unit})", "credits", f"overage ({unit})", f"due ({currency})")
     print_table(columns, rows, title="lines")
 
 
@@ -176,7 +177,7 @@ PERIOD_START_HELP = (
 
 @invoices.command()
 @click.argument("customer_id")
-@click.option("--period", help="YYYY-MM: the period starting in that month  [default: the current period]")
+@click.option("--period", metavar="YYYY-MM", help="the period starting in that month  [default: the current period]")
 @click.option("--period-start", type=UtcTime(), metavar="ISO-8601", help=PERIOD_START_HELP)
 @remote_command
 def preview(remote: Remote, customer_id: str, period: str | None, period_start: datetime | None) -> None:
@@ -196,7 +197,7 @@ def preview(remote: Remote, customer_id: str, period: str | None, period_start: 
 
 @invoices.command()
 @click.argument("customer_id", required=False)
-@click.option("--period", help="YYYY-MM: the period starting in that month (with CUSTOMER_ID)")
+@click.option("--period", metavar="YYYY-MM", help="the period starting in that month (with CUSTOMER_ID)")
 @click.option("--period-start", type=UtcTime(), metavar="ISO-8601", help=PERIOD_START_HELP)
 @click.option("--all", "close_all", is_flag=True, help="every customer's periods that have ended")
 @remote_command
@@ -267,8 +268,14 @@ def list_invoices(
 
 @invoices.command("list")
 @click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
-@click.option("--period", help="YYYY-MM: periods starting in that month")
-@click.option("--status", type=click.Choice(["final", "draft"]), default="final", show_default=True)
+@click.option("--period", metavar="YYYY-MM", help="periods starting in that month")
+@click.option(
+    "--status",
+    type=click.Choice(["final", "draft"], case_sensitive=False),
+    default="final",
+    show_default=True,
+    help="draft lists nothing: drafts are not stored",
+)
 @remote_command
 def list_command(remote: Remote, customer_id: str, period: str | None, status: str) -> None:
     """Final invoices, by number (drafts are not stored: `tariff invoices preview` shows one)."""
@@ -338,8 +345,15 @@ def csv_rows(invoice: invoices_pb2.Invoice) -> Iterator[dict[str, str]]:
 
 
 @invoices.command()
-@click.option("--period", required=True, help="YYYY-MM: final invoices of periods starting in that month")
-@click.option("--format", "output_format", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--period", required=True, metavar="YYYY-MM", help="final invoices of periods starting in that month")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "json"], case_sensitive=False),
+    default="csv",
+    show_default=True,
+    help="CSV, its columns in README's order, or JSON (as --json)",
+)
 @click.option("--customer", "customer_id", default="", help="one customer's  [default: every customer's]")
 @remote_command
 def export(remote: Remote, period: str, output_format: str, customer_id: str) -> None:

@@ -202,6 +202,32 @@ def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
     return parsed
 
 
+def decimal_problem(text: str) -> str | None:
+    """Why `text` is not a decimal the server takes where a request enters (engine.money.DECIMAL_GRAMMAR: JSON's
+    number, so no '+', '_', spaces, ".5" or "1,5"), or None when it is. The client holds its decimal options to it
+    so that such a typo is a usage error naming the option (exit 2), sent nowhere; the range stays the server's."""
+    from engine.money import GRAMMAR_TEXT, is_decimal_text
+
+    return None if is_decimal_text(text) else f"{text!r} is not a decimal: write {GRAMMAR_TEXT}"
+
+
+def decimal_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A click callback for a decimal option (`--threshold 1000`): one that is not a decimal is a usage error."""
+    if value is not None and (problem := decimal_problem(value)):
+        raise click.BadParameter(problem)
+    return value
+
+
+def parse_decimals(items: Iterable[str], what: str) -> dict[str, str]:
+    """`name=decimal` arguments (a draft's parameters), the decimals as written; a malformed pair, a repeated name or
+    a value that is not a decimal is a usage error (exit 2)."""
+    parsed = parse_pairs(items, what)
+    for name, text in parsed.items():
+        if problem := decimal_problem(text):
+            raise click.BadParameter(f"{name}={problem}", param_hint=what)
+    return parsed
+
+
 def parse_numbers(items: Iterable[str], what: str) -> dict[str, float]:
     """`name=number` arguments (usage values, which the wire carries as doubles): finite, as the server takes them
     (nan, inf and 1e400, which float() reads as inf, are usage errors here, not calls the server refuses)."""

@@ -55,7 +55,12 @@ def list_products(remote: Remote) -> None:
 @products.command("create")
 @click.argument("product_id")
 @click.option("--event-type", required=True, help="the usage events this product counts (UsageEvent.event_type)")
-@click.option("--aggregation", type=click.Choice(AGGREGATIONS), required=True, help="how events add up to a quantity")
+@click.option(
+    "--aggregation",
+    type=click.Choice(AGGREGATIONS, case_sensitive=False),
+    required=True,
+    help="how events add up to a quantity",
+)
 @click.option(
     "--value-key", default="", help="the values entry sum/max/latest read, or the dimension unique_count counts"
 )

@@ -224,10 +224,16 @@ _CONNECTION_OPTIONS = (
         default=TIMEOUT_S_DEFAULT,
         show_default=True,
         callback=checked_timeout,
-        help="seconds to wait for each answer (a unary call's deadline; watch and usage send streams have none); "
+        help=f"seconds to wait for each answer, more than 0 and at most {TIMEOUT_S_MAX:,.0f} (a unary call's deadline; "
+        "watch and usage send streams have none); "
         f"past it: DEADLINE_EXCEEDED, exit {EXIT_NO_ANSWER} (env TARIFF_TIMEOUT_S)",
     ),
-    click.option("--json", "as_json", is_flag=True, help="print JSON (protobuf's JSON mapping) instead of tables"),
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="print JSON (protobuf's JSON mapping, with the proto field names) instead of tables",
+    ),
     click.option(
         "--actor",
         envvar="TARIFF_ACTOR",

@@ -38,12 +38,13 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
     if remote.as_json:
         print_json(found)
         return
-    columns = ("period", "product", "recognised", "credits", "overage", "breakage")
+    columns = ("period", "product", "recognised", "from credits", "from overage", "breakage")
     rows = [
         (when(x.period_start), x.product_id, x.recognized, x.recognized_credits, x.recognized_overage, x.breakage)
         for x in found.lines
     ]
-    print_table(columns, rows, title=f"by product ({found.currency})")
+    unit = f" ({found.currency})" if found.currency else ""  # none in a report of no contract
+    print_table(columns, rows, title=f"by product{unit}")
     customer_rows = [
         (
             when(x.period_start),
@@ -56,7 +57,7 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
         )
         for x in found.customer_lines
     ]
-    print_table(("period", "customer", *columns[2:], "deferred at end"), customer_rows, title="by customer")
+    print_table(("period", "customer", *columns[2:], "deferred at end"), customer_rows, title=f"by customer{unit}")
     r = found.reconciliation
     print_fields(
         [
@@ -69,5 +70,5 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
             ("recognised in all", r.recognized),
             ("reconciles", "yes" if r.reconciles else "NO"),
         ],
-        title="reconciliation",
+        title=f"reconciliation{unit}",
     )

@@ -8,7 +8,7 @@ import click
 
 from server.admin.output import VERSION_NUMBER, print_fields, print_json, print_table
 from server.admin.remote import Remote, remote_command
-from server.admin.versions import UtcTime, timestamp
+from server.admin.versions import UtcTime, timestamp, utc_text
 
 
 @click.command()
@@ -31,7 +31,7 @@ def simulate(
     from tariff.v1 import pricing_pb2
 
     if period_end <= period_start:
-        raise click.UsageError(f"--to {period_end.isoformat()} is not after --from {period_start.isoformat()}")
+        raise click.UsageError(f"--to {utc_text(period_end)} is not after --from {utc_text(period_start)}")
     request = pricing_pb2.SimulateVersionRequest(
         rate_card_id=rate_card_id,
         version=version,

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server.admin.output import UINT32_MAX, VERSION_NUMBER, pairs, parse_pairs, print_fields, print_json, print_table
+from server.admin.output import (
+    UINT32_MAX,
+    VERSION_NUMBER,
+    Cell,
+    pairs,
+    parse_decimals,
+    parse_pairs,
+    print_fields,
+    print_json,
+    print_table,
+)
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
 from server.admin.remote import Remote, fail, remote_command
 
@@ -47,6 +57,12 @@ class UtcTime(click.ParamType[datetime]):
         except OverflowError:
             self.fail(f"{value!r} is outside years 1 to 9999 in UTC", param, ctx)
         return moment
+
+
+def utc_text(moment: datetime) -> str:
+    """A parsed TIME as the CLI names an instant in a message, in UTC as --json writes it (`2026-12-01T00:00:00Z`):
+    an offset as typed (`01:00:00+01:00`) or Python's `+00:00` would make two equal instants read as different."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def timestamp(moment: datetime) -> Timestamp:
@@ -125,7 +141,7 @@ def draft(
     request = pricing_pb2.CreateDraftVersionRequest(
         rate_card_id=rate_card_id,
         based_on_version=base,
-        set_parameters=parse_pairs(set_parameters, "--set"),
+        set_parameters=parse_decimals(set_parameters, "--set"),
         remove_parameters=remove_parameters,
         upsert_rates=[
             *parse_json_messages(list(rates), pricing_pb2.Rate, "--rate"),
@@ -176,7 +192,11 @@ def validate(remote: Remote, rate_card_id: str, version: int) -> None:
 @click.option("--effective-from", type=UtcTime(), help="on an hour boundary [default: now, rounded down to the hour]")
 @click.option("--cohort-customer", "cohort_customers", multiple=True, help="cohort: this customer id (repeatable)")
 @click.option(
-    "--cohort-attribute", "cohort_attributes", multiple=True, help="cohort: customers with attribute k=v (repeatable)"
+    "--cohort-attribute",
+    "cohort_attributes",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="cohort: customers with this attribute value (repeatable)",
 )
 @click.option("--cohort-created-after", type=UtcTime(), help="cohort: customers created after this time")
 @remote_command
@@ -213,19 +233,19 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
         print_json(published)
         return
     print_version(published.version)
-    print_fields([("events re-rated", published.events_rerated)])
+    # One answer, one table: the counts of customers, buckets and closed periods only when any bucket was touched.
+    counts: list[tuple[str, Cell]] = [("events re-rated", published.events_rerated)]
     if published.buckets_rerated or published.closed_buckets_left_alone:
-        print_fields(
-            [
-                ("customers re-rated", published.customers_rerated),
-                ("buckets re-rated", published.buckets_rerated),
-                ("re-rated amount delta", published.rerated_amount_delta),
-                ("closed-period buckets left alone", published.closed_buckets_left_alone),
-                ("closed-period events left alone", published.closed_events_left_alone),
-                ("closed-period amount left alone", published.closed_amount_left_alone),
-                *([("left alone because", published.left_alone_reason)] if published.left_alone_reason else []),
-            ]
-        )
+        counts += [
+            ("customers re-rated", published.customers_rerated),
+            ("buckets re-rated", published.buckets_rerated),
+            ("re-rated amount delta", published.rerated_amount_delta),
+            ("closed-period buckets left alone", published.closed_buckets_left_alone),
+            ("closed-period events left alone", published.closed_events_left_alone),
+            ("closed-period amount left alone", published.closed_amount_left_alone),
+            *([("left alone because", published.left_alone_reason)] if published.left_alone_reason else []),
+        ]
+    print_fields(counts, title="re-rating")
     if published.validation.findings:
         print_report(published.validation)
 
@@ -299,7 +319,8 @@ def rate_change_rows(change: pricing_pb2.RateChange) -> list[tuple[str, ...]]:
 @click.option("--at", type=UtcTime(), help="the version in force at this time (outside cohorts)")
 @remote_command
 def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | None) -> None:
-    """One version: its state, when it takes effect, its parameters and rates [default: the one in force now]."""
+    """One version: its state, when it takes effect, its parameters and rates [default: the one in force now for
+    every customer outside cohorts]."""
     from tariff.v1 import pricing_pb2
 
     if version is not None and at is not None:
