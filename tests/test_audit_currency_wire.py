@@ -95,3 +95,30 @@ def test_the_cli_labels_overage_due_with_its_currency(server: ServerProcess) -> 
     assert rows["overage due (JPY)"] == "7.5"
     plain = [line.split() for line in tariff(server, "balance", "cli-none").stdout.splitlines()]
     assert ["overage", "due", "0"] in plain
+
+
+def test_the_cli_labels_authorize_reserve_and_release_amounts_with_the_pricing_unit(server: ServerProcess) -> None:
+    """Authorize's and ReleaseReservation's answers carry no unit: `tariff authorize`, `reserve` and `release` label
+    their amounts with the customer's pricing unit ("credits" on the card). `cli-unit`: ALLOW, a grant of 10 credits;
+    authorizing 4 units costs 4 of 10 available; holding 4 and releasing them gives back 4; --json unchanged."""
+    with server.client() as client:
+        open_contract(client, "cli-unit", "k-cli-unit", month_start_ms(), rate_card_id="card")
+        client.contracts.GrantCredits(
+            contracts_pb2.GrantCreditsRequest(
+                grant=contracts_pb2.Grant(
+                    id="cli-unit-g", contract_id="k-cli-unit", kind=contracts_pb2.PROMOTIONAL, amount="10"
+                )
+            )
+        )
+
+    def fields(*args: str) -> dict[str, str]:
+        lines = tariff(server, *args).stdout.splitlines()
+        return {line.split("  ")[0].strip(): line.split()[-1] for line in lines if "  " in line}
+
+    decided = fields("authorize", "cli-unit", "work", "--value", "n=4")
+    assert (decided["estimated cost (credits)"], decided["credits available (credits)"]) == ("4", "10")
+    held = fields("reserve", "cli-unit", "work", "--value", "n=4", "--id", "cli-unit-h")
+    assert held["estimated cost (credits)"] == "4"
+    assert fields("release", "cli-unit", "cli-unit-h")["released (credits)"] == "4"
+    as_json = tariff(server, "authorize", "cli-unit", "work", "--value", "n=4", "--json").stdout
+    assert '"estimated_cost": "4"' in as_json and "(credits)" not in as_json

@@ -161,7 +161,7 @@ def test_authorize_prices_without_drawing(shared: ServerProcess) -> None:
     args = ["authorize", "acme", "ai_action", *(f"{k}={v}" for k, v in GPT4_COMPLEX_SUMMARY.items())]
     rows = table_rows(tariff(shared, *args).stdout)
     assert ["allowed", "yes"] in rows
-    assert ["estimated cost", "5"] in rows
+    assert ["estimated cost (credits)", "5"] in rows
     decision = json.loads(tariff(shared, *args, "--value", "tokens=1200", "--json").stdout)
     assert (decision["allowed"], decision["reason"], decision["estimated_cost"]) == (True, "OK", "5")
     tariff(shared, "customers", "create", "cli-no-contract")

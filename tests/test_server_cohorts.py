@@ -159,8 +159,8 @@ def test_the_readme_pilot_story_prices_the_pilot_at_the_cut_and_others_at_the_ol
     tariff(server, "ratecard", "draft", "ai-credits", "--base", "1", "--set", "gpt4_factor=2")
     published = table_rows(tariff(server, "ratecard", "publish", "ai-credits", "2", "--cohort-customer", "acme").stdout)
     assert ["cohort", "customers acme"] in published
-    assert ["estimated cost", "4"] in table_rows(tariff(server, "authorize", "acme", *summary).stdout)
-    assert ["estimated cost", "5"] in table_rows(tariff(server, "authorize", "outsider", *summary).stdout)
+    assert ["estimated cost (credits)", "4"] in table_rows(tariff(server, "authorize", "acme", *summary).stdout)
+    assert ["estimated cost (credits)", "5"] in table_rows(tariff(server, "authorize", "outsider", *summary).stdout)
     now_ms = datetime.now(UTC).timestamp() * 1000
     shown = table_rows(tariff(server, "ratecard", "show", "ai-credits", "--at", iso(int(now_ms))).stdout)
     assert ["version", "1"] in shown

@@ -10,6 +10,7 @@ from server.admin.output import left_out_note, parse_numbers, parse_pairs, print
 from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
+    from tariff import TariffClient
     from tariff.v1 import balance_pb2
 
 
@@ -81,22 +82,32 @@ def authorize(
             parse_pairs(dimensions, "DIMENSION=VALUE"),
             parse_numbers(values, "--value"),
         )
-    print_decision(remote, decision)
+        unit = pricing_unit_for_people(remote, client, customer_id)
+    print_decision(remote, decision, unit=unit)
 
 
-def print_decision(remote: Remote, decision: balance_pb2.AuthorizeResponse, *, held: bool = False) -> None:
+def pricing_unit_for_people(remote: Remote, client: TariffClient, customer_id: str) -> str:
+    """The unit the customer's amounts are in (its balance's pricing_unit), for a table's labels: answers such as
+    Authorize's and ReleaseReservation's carry none. One more read, and none for --json, which prints the answer."""
+    return "" if remote.as_json else client.get_balance(customer_id).pricing_unit
+
+
+def print_decision(
+    remote: Remote, decision: balance_pb2.AuthorizeResponse, *, held: bool = False, unit: str = ""
+) -> None:
     """An authorize's answer (`tariff authorize`, `tariff reserve`): as JSON, or its fields, with the reservation
-    its hold is under when the call asked for one (`held`)."""
+    its hold is under when the call asked for one (`held`), its amounts labelled with the customer's pricing `unit`."""
     if remote.as_json:
         print_json(decision)
         return
+    label = f" ({unit})" if unit else ""
     print_fields(
         [
             ("allowed", "yes" if decision.allowed else "no"),
             ("reason", decision.reason),
             *([("reservation", decision.reservation_id)] if held else []),
-            ("estimated cost", decision.estimated_cost),
-            ("credits available", decision.credits_available),
+            (f"estimated cost{label}", decision.estimated_cost),
+            (f"credits available{label}", decision.credits_available),
             ("message", decision.message),
         ]
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from server.admin.balance import print_decision
+from server.admin.balance import pricing_unit_for_people, print_decision
 from server.admin.output import (
     UINT32_MAX,
     decimal_option,
@@ -207,7 +207,8 @@ def reserve(
             reservation_ttl_s=ttl_s,
             reservation_id=reservation_id,
         )
-    print_decision(remote, decision, held=True)
+        unit = pricing_unit_for_people(remote, client, customer_id)
+    print_decision(remote, decision, held=True, unit=unit)
 
 
 @click.command()
@@ -221,7 +222,9 @@ def release(remote: Remote, customer_id: str, reservation_id: str) -> None:
     request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
     with remote.client() as client:
         released = client.balance.ReleaseReservation(request, timeout=client.default_timeout_s)
+        unit = pricing_unit_for_people(remote, client, customer_id)
     if remote.as_json:
         print_json(released)
         return
-    print_fields([("reservation", reservation_id), ("released", released.released_amount)])
+    label = f" ({unit})" if unit else ""
+    print_fields([("reservation", reservation_id), (f"released{label}", released.released_amount)])
