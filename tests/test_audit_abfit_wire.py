@@ -34,7 +34,9 @@ def catalogue(client: TariffClient) -> None:
     product = pricing_pb2.Product(id="s", event_type="s", aggregation=pricing_pb2.SUM, value_key="n")
     client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
     client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
-    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[unit("s", "1")]))
+    client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[unit("s", "1")])
+    )
     client.pricing.PublishVersion(
         pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(CARD_FROM_MS))
     )
@@ -58,7 +60,9 @@ def funded(client: TariffClient, customer_id: str) -> None:
     client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
 
 
-def batches(client: TariffClient, *messages: list[balance_pb2.AuthorizeRequest]) -> list[balance_pb2.AuthorizeBatchResult]:
+def batches(
+    client: TariffClient, *messages: list[balance_pb2.AuthorizeRequest]
+) -> list[balance_pb2.AuthorizeBatchResult]:
     sent = iter([balance_pb2.AuthorizeBatch(requests=requests) for requests in messages])
     return list(client.balance.AuthorizeBatches(sent, timeout=STREAM_TIMEOUT_S))
 
@@ -93,7 +97,7 @@ def test_a_message_whose_answers_cannot_fit_even_without_messages_is_refused_nam
     code, details = refusal(send)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert details == (
-        "the answer to this AuthorizeBatch is 1,180,000 bytes with every message left out, more than this server"
+        "the answer to this AuthorizeBatch, every message left out, is 1,180,000 bytes, more than this server"
         " sends (--message-mb-max 1 MiB): send fewer requests a message (nothing of this one was held or"
         " answered), or serve with --message-mb-max 2 or more (and read it with a client accepting as much)"
     )
@@ -130,8 +134,8 @@ def test_a_message_of_holds_whose_answer_might_not_fit_is_refused_before_anythin
         code, details = refusal(lambda: batches(client, holds))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert details == (
-            "the answer to this AuthorizeBatch may take up to 2,230,000 bytes (each of its 10,000 hold requests"
-            " counted at its largest answer), more than this server sends (--message-mb-max 1 MiB): send fewer"
+            "the answer to this AuthorizeBatch, each hold request counted at its largest answer, may take up to"
+            " 2,230,000 bytes, more than this server sends (--message-mb-max 1 MiB): send fewer"
             " requests a message (nothing of this one was held or answered), or serve with --message-mb-max 3 or"
             " more (and read it with a client accepting as much)"
         )
