@@ -91,7 +91,9 @@ def fitted_result(result: bytes, bytes_max: int) -> bytes:
     server/services/usage.py fits an IngestAck: as it is when it fits (almost always); else with each answer's
     message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that is still too large, left out. An answer's messages
     can make it larger than its request (each may quote the customer_id): request ids, decisions and amounts stay
-    whole, so that the gateway gets every decision, and the holds of the message (committed) their ids."""
+    whole, so that the gateway gets every decision, and the holds of the message (committed) their ids. An answer
+    too large even so is never sent: `_answer_or_hold` refuses its message instead (one with holds, before they are
+    submitted)."""
     return fitted_answer(result, bytes_max, balance_pb2.AuthorizeBatchResult.FromString, lambda r: r.responses)
 
 
