@@ -350,6 +350,10 @@ class HoldingBatch:
     @property
     def ttl_default_ms(self) -> int:
         """The TTL of the hold requests naming none (the default, or ttl_max_ms when shorter): ReserveBatch's."""
+    @property
+    def result_bytes_most(self) -> int:
+        """The most bytes `finish`'s result can take with every answer's message left out: the answers decided
+        now as they are, each hold at its largest answer (engine/kernel/src/holds.rs result_bytes_most)."""
     def finish(self, held: bytes) -> bytes:
         """The message's AuthorizeBatchResult bytes, reserve_batch's answers in their places; once only."""
 

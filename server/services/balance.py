@@ -33,6 +33,7 @@ from server.errors import (
     ResourceExhausted,
     Unavailable,
     check_deadline,
+    larger_limit,
     send_limit,
     streaming,
     too_large,
@@ -79,12 +80,20 @@ def seconds_text(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".")
 
 
+def _fewer(size: int) -> str:
+    """What to do about an AuthorizeBatch whose answer of `size` bytes would not fit a gRPC message (`too_large`'s
+    `then`): its request_ids cannot be cut, being how the caller matches answers."""
+    return "send fewer requests a message (nothing of this one was held or answered), or " + larger_limit(size)
+
+
 def fitted_result(result: bytes, bytes_max: int) -> bytes:
     """The AuthorizeBatchResult the kernel encoded, so that gRPC can send it (`bytes_max`, --message-mb-max), as
     server/services/usage.py fits an IngestAck: as it is when it fits (almost always); else with each answer's
     message cut to ACK_MESSAGE_BYTES_MAX bytes, then, if that is still too large, left out. An answer's messages
     can make it larger than its request (each may quote the customer_id): request ids, decisions and amounts stay
-    whole, so that the gateway gets every decision, and the holds of the message (committed) their ids."""
+    whole, so that the gateway gets every decision, and the holds of the message (committed) their ids. An answer
+    too large even so is never sent: `_answer_or_hold` refuses its message instead (one with holds, before they are
+    submitted)."""
     return fitted_answer(result, bytes_max, balance_pb2.AuthorizeBatchResult.FromString, lambda r: r.responses)
 
 
@@ -396,8 +405,24 @@ class BalanceService(_Base):
         if decisions:
             # One sample per message (its mean per decision): a sample per decision would cost more than one.
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)
+        return self._answer_or_hold(result, now_ms, context)
+
+    def _answer_or_hold(self, result: bytes | HoldingBatch, now_ms: int, context: Context) -> bytes | _Holding:
+        """A decided message's answer, fitted to the gRPC message limit, or its holds submitted to the writer. An
+        answer that cannot fit with every message left out (its request_ids and reservation_ids cannot be cut:
+        they are how the caller matches answers) is RESOURCE_EXHAUSTED instead; so is one whose holds might make it
+        so, before they are submitted: nothing of the message is held or answered, and smaller ones may follow."""
         if isinstance(result, bytes):
-            return fitted_result(result, self.result_bytes_max)
+            fitted = fitted_result(result, self.result_bytes_max)
+            if len(fitted) > self.result_bytes_max:
+                size = len(fitted)
+                raise too_large("the answer to this AuthorizeBatch, every message left out,", size, _fewer(size))
+            return fitted
+        if result.result_bytes_most > self.result_bytes_max:
+            # Its holds' answers are decided only when their command applies: refused now, nothing is held.
+            most = result.result_bytes_most
+            what = "the answer to this AuthorizeBatch, each hold request counted at its largest answer,"
+            raise too_large(what, most, _fewer(most), verb="may take up to")
         command = cmd.ReserveBatch(
             now_ms, actor_of(context), result.requests, result.ttl_default_ms, refunds_netted=True
         )

@@ -278,7 +278,7 @@ fn put_response(
     }
 }
 
-fn text_len(text: &str) -> usize {
+pub(crate) fn text_len(text: &str) -> usize {
     if text.is_empty() {
         0
     } else {

@@ -1081,6 +1081,7 @@ impl Kernel {
             return Ok((result.into_any(), decisions));
         }
         let holding = HoldingBatch {
+            result_bytes_most: holds::result_bytes_most(&split.answers, &split.holds),
             requests: holds::encode_holds(split.holds),
             ttl_default_ms: split.ttl_default_ms,
             answers: parking_lot::Mutex::new(Some(split.answers)),
@@ -1245,6 +1246,10 @@ struct HoldingBatch {
     /// The TTL its requests naming none hold for (they are journaled naming none), for ReserveBatch to journal.
     #[pyo3(get)]
     ttl_default_ms: i64,
+    /// The most bytes `finish`'s result can take with every answer's message left out (`holds::result_bytes_most`):
+    /// the server refuses a message whose answer might not fit its gRPC message limit before journaling its holds.
+    #[pyo3(get)]
+    result_bytes_most: usize,
     answers: parking_lot::Mutex<Option<Vec<Option<wire::AuthorizeResponse>>>>,
 }
 

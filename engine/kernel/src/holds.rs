@@ -15,7 +15,7 @@
 use prost::Message;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::authorize::{answer, asked_usage, response, unpriceable, Refused};
+use crate::authorize::{answer, asked_usage, response, text_len, unpriceable, Refused};
 use crate::credits::HoldTtl;
 use crate::decode::{wire, TEXT_BYTES_MAX};
 use crate::kernel::Kernel;
@@ -231,6 +231,31 @@ impl Kernel {
     }
 }
 
+/// What an answer's reason takes at most: TIMESTAMP_OUT_OF_RANGE, the longest reason the kernel answers (22
+/// characters), with its key and length.
+const REASON_BYTES_MOST: usize = 24;
+/// What an amount's text takes at most (`format_picos`: an i128's 41 characters), with its key and length.
+const AMOUNT_BYTES_MOST: usize = 43;
+
+/// The most bytes a split message's AuthorizeBatchResult can take once every answer's message is left out (how
+/// the server fits an answer that would not fit its gRPC message limit otherwise): the answers decided now as
+/// they are, each hold at its largest answer, as it is decided only when its command applies (a request_id and
+/// the reservation_id `prepare` completed echoed, `allowed`, the longest reason, two amounts of the longest
+/// text). The server refuses a message past its limit so before any hold is placed.
+pub fn result_bytes_most(answers: &[Option<wire::AuthorizeResponse>], holds: &[wire::AuthorizeRequest]) -> usize {
+    let entry = |body: usize| 1 + prost::encoding::encoded_len_varint(body as u64) + body;
+    let decided: usize =
+        answers.iter().flatten().map(|answer| entry(answer.encoded_len() - text_len(&answer.message))).sum();
+    let held: usize = holds
+        .iter()
+        .map(|hold| {
+            let ids = text_len(&hold.request_id) + text_len(&hold.reservation_id);
+            entry(ids + 2 + REASON_BYTES_MOST + 2 * AMOUNT_BYTES_MOST)
+        })
+        .sum();
+    decided + held
+}
+
 /// The hold requests as journaled: an AuthorizeBatch holding only them.
 pub fn encode_holds(holds: Vec<wire::AuthorizeRequest>) -> Vec<u8> {
     wire::AuthorizeBatch { requests: holds }.encode_to_vec()
@@ -246,6 +271,7 @@ mod tests {
     use super::*;
     use crate::money::Picos;
     // One COUNT product `calls` at 2.5 a call; customer `c` on a BLOCK contract holding 10 credits.
+    use crate::authorize::encode_result;
     use crate::authorize::tests::kernel;
 
     const NOW: i64 = 1_000;
@@ -289,6 +315,24 @@ mod tests {
     fn held_now(kernel: &Kernel) -> Vec<(String, Picos)> {
         let open = &kernel.account_credits("c").expect("holds were made").open;
         open.iter().map(|(id, r)| (id.to_string(), r.held_total())).collect()
+    }
+
+    #[test]
+    fn result_bytes_most_takes_answers_decided_now_as_they_are_and_holds_at_their_largest() {
+        let mut kernel = kernel();
+        let plain = wire::AuthorizeRequest { reserve: false, ..hold("p", "") };
+        let requests = vec![hold("q0", "h0"), plain, hold("q1", "")];
+        let split = split(&kernel, requests.clone(), NOW, &RULES);
+        let most = result_bytes_most(&split.answers, &split.holds);
+        let (answers, _) = through(&mut kernel, requests);
+        let bare: Vec<_> =
+            answers.into_iter().map(|a| wire::AuthorizeResponse { message: String::new(), ..a }).collect();
+        let plain_bytes = encode_result(vec![bare[1].clone()]).len();
+        // q0: its entry (1 + 1) and request_id (4), reservation_id (4), allowed (2), the longest reason (24) and two
+        // amounts (86): 122. q1: its entry (1 + 2), request_id (4), the id the server made, r- and 32 hex (36), and
+        // the same 112: 155. The plain answer counts as it is, its message left out.
+        assert_eq!(most, 122 + 155 + plain_bytes);
+        assert!(encode_result(bare).len() <= most);
     }
 
     #[test]

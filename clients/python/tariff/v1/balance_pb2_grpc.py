@@ -140,6 +140,18 @@ class BalanceServiceServicer:
         not yet answered may be placed unanswered (retry them by reservation_id:
         the same request answers again and holds once; an unnamed one stays held
         until its TTL).
+        An answer echoes each request_id and each hold's reservation_id, never
+        cut (they are how answers are matched), beside a reason and two amounts,
+        so under a lowered --message-mb-max a message filling its limit may have
+        an answer past it. A message whose answer would pass the limit with every
+        message left out (AuthorizeResponse.message), or might once its holds are
+        answered (each hold counted at its largest answer: its request_id and
+        reservation_id, an unnamed one's 34 characters the server makes, and 115
+        bytes), is refused whole: RESOURCE_EXHAUSTED naming the limit and the
+        size, nothing of it held or answered (the answers to the messages before
+        it are sent, then the stream ends); resend its requests in smaller
+        messages, or serve with a larger --message-mb-max. From 7 MiB (and at the
+        default 16) no message of 10,000 requests is refused so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

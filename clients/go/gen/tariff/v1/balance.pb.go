@@ -624,8 +624,10 @@ type AuthorizeResponse struct {
 	// quote when cut), so that answers quoting long ids stay within the gRPC
 	// message limit. In the rare AuthorizeBatchResult that would exceed that
 	// limit (--message-mb-max) with them, every message is cut to 512 bytes, or
-	// left out if even that is too large, so that the answer is always sent:
-	// request_id, allowed, reason, the amounts and reservation_id stay whole.
+	// left out if even that is too large, so that the answer is sent:
+	// request_id, allowed, reason, the amounts and reservation_id stay whole (a
+	// message whose answer would not fit even so is refused whole, before
+	// anything of it is held: AuthorizeBatches).
 	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -710,7 +712,8 @@ func (x *AuthorizeResponse) GetMessage() string {
 	return ""
 }
 
-// At most 10,000 requests; more ends the stream with RESOURCE_EXHAUSTED.
+// At most 10,000 requests, and requests whose answer fits --message-mb-max
+// (AuthorizeBatches); more ends the stream with RESOURCE_EXHAUSTED.
 type AuthorizeBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Requests      []*AuthorizeRequest    `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`

@@ -468,8 +468,10 @@ export type AuthorizeResponse = Message<"tariff.v1.AuthorizeResponse"> & {
    * quote when cut), so that answers quoting long ids stay within the gRPC
    * message limit. In the rare AuthorizeBatchResult that would exceed that
    * limit (--message-mb-max) with them, every message is cut to 512 bytes, or
-   * left out if even that is too large, so that the answer is always sent:
-   * request_id, allowed, reason, the amounts and reservation_id stay whole.
+   * left out if even that is too large, so that the answer is sent:
+   * request_id, allowed, reason, the amounts and reservation_id stay whole (a
+   * message whose answer would not fit even so is refused whole, before
+   * anything of it is held: AuthorizeBatches).
    *
    * @generated from field: string message = 7;
    */
@@ -484,7 +486,8 @@ export const AuthorizeResponseSchema: GenMessage<AuthorizeResponse> = /*@__PURE_
   messageDesc(file_tariff_v1_balance, 4);
 
 /**
- * At most 10,000 requests; more ends the stream with RESOURCE_EXHAUSTED.
+ * At most 10,000 requests, and requests whose answer fits --message-mb-max
+ * (AuthorizeBatches); more ends the stream with RESOURCE_EXHAUSTED.
  *
  * @generated from message tariff.v1.AuthorizeBatch
  */
@@ -667,6 +670,18 @@ export const BalanceService: GenService<{
    * not yet answered may be placed unanswered (retry them by reservation_id:
    * the same request answers again and holds once; an unnamed one stays held
    * until its TTL).
+   * An answer echoes each request_id and each hold's reservation_id, never
+   * cut (they are how answers are matched), beside a reason and two amounts,
+   * so under a lowered --message-mb-max a message filling its limit may have
+   * an answer past it. A message whose answer would pass the limit with every
+   * message left out (AuthorizeResponse.message), or might once its holds are
+   * answered (each hold counted at its largest answer: its request_id and
+   * reservation_id, an unnamed one's 34 characters the server makes, and 115
+   * bytes), is refused whole: RESOURCE_EXHAUSTED naming the limit and the
+   * size, nothing of it held or answered (the answers to the messages before
+   * it are sent, then the stream ends); resend its requests in smaller
+   * messages, or serve with a larger --message-mb-max. From 7 MiB (and at the
+   * default 16) no message of 10,000 requests is refused so.
    *
    * @generated from rpc tariff.v1.BalanceService.AuthorizeBatches
    */
