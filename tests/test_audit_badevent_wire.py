@@ -68,13 +68,13 @@ def refused(server: ServerProcess, data: bytes) -> tuple[grpc.StatusCode, str, s
         unary = channel.unary_unary("/tariff.v1.UsageService/IngestUsageBatch")
         with pytest.raises(grpc.RpcError) as failed:
             unary(data, timeout=10)
-    status = rpc_status.from_call(failed.value)  # type: ignore[arg-type]
-    assert status is not None, failed.value.details()  # type: ignore[attr-defined]
+    status = rpc_status.from_call(failed.value)
+    assert status is not None, failed.value.details()
     (bad,) = [d for d in status.details if d.Is(error_details_pb2.BadRequest.DESCRIPTOR)]
     request = error_details_pb2.BadRequest()
     bad.Unpack(request)
     (violation,) = request.field_violations
-    return failed.value.code(), violation.field, violation.description  # type: ignore[attr-defined]
+    return failed.value.code(), violation.field, violation.description
 
 
 def test_a_customer_id_that_is_not_utf8_in_the_fourth_event_names_events_3_customer_id(server: ServerProcess) -> None:
@@ -134,6 +134,6 @@ def test_ingest_usage_ends_the_stream_naming_the_event_and_its_field(server: Ser
         )
         with pytest.raises(grpc.RpcError) as ended:
             list(stream(iter([data]), timeout=10))
-    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    details = str(ended.value.details())  # type: ignore[attr-defined]
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = str(ended.value.details())
     assert details.startswith("events[1].transaction_id: not a UsageBatch: the event at index 1"), details
