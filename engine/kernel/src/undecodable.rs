@@ -69,18 +69,19 @@ impl NotABatch {
 
 /// A field prost refuses: its number, how many fields of that number came before it, and where its
 /// key starts.
-struct Refused {
-    number: u32,
-    before: usize,
-    at: usize,
+pub(crate) struct Refused {
+    pub(crate) number: u32,
+    pub(crate) before: usize,
+    pub(crate) at: usize,
 }
 
 /// The first field numbered 1 to `last_known` in the message `bytes` that prost refuses (decoded
 /// from its key on, it fails at once). None when a key does not read or an unknown field cannot be
 /// stepped over (a group, or one cut off): the refused bytes are then the message's own framing, or
-/// lie past what this steps over.
-fn first_refused<M: Message + Default>(bytes: &[u8], last_known: u32) -> Option<Refused> {
-    let mut seen = [0usize; EVENT_FIELDS.len() + 1];
+/// lie past what this steps over. Any message whose fields are numbered from 1 (an AuthorizeBatch's
+/// requests could be named as a UsageBatch's events are).
+pub(crate) fn first_refused<M: Message + Default>(bytes: &[u8], last_known: u32) -> Option<Refused> {
+    let mut seen = vec![0usize; last_known as usize + 1];
     let mut reader = Reader { bytes, at: 0 };
     while !reader.done() {
         let at = reader.at;
