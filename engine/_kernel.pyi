@@ -48,6 +48,7 @@ Notice = tuple[Literal["TOP_UP_EXECUTED", "RESERVATION_EXPIRED"], str, dict[str,
 
 class BatchTooLarge(ValueError): ...  # args: (events,)
 class BatchIdTooLong(ValueError): ...  # args: (bytes,)
+class BatchNotDecodable(ValueError): ...  # args: (field, message) - field as "events[3].customer_id"; "": the framing
 class CustomerNotAllowed(ValueError): ...  # args: (index, customer_id)
 class RequestIdMissing(ValueError): ...  # args: (index,)
 class RequestIdTooLong(ValueError): ...  # args: (index,): over 256 bytes
@@ -92,7 +93,8 @@ class Kernel:
         resend of an accepted event is a duplicate whatever the future skew is now (False: TIMESTAMP_OUT_OF_RANGE past
         it, as batches journaled before it). batch_ids_bounded: BatchIdTooLong for a batch_id over 256 bytes (False:
         taken, as on replay). refunds_netted: an event's charges take back first what its refunds gave back (False:
-        they draw in burn order, as batches journaled before it)."""
+        they draw in burn order, as batches journaled before it). Bytes that are not a UsageBatch raise
+        BatchNotDecodable(field, message), field naming what prost refused ("events[3].customer_id")."""
     def rated_hours(self, rate_card_id: str, from_hour: int) -> list[int]: ...
     def authorize(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine._kernel import BatchIdTooLong, BatchTooLarge, CustomerNotAllowed
+from engine._kernel import BatchIdTooLong, BatchNotDecodable, BatchTooLarge, CustomerNotAllowed
 from engine.billing import Billing, Ingested
 from engine.control import TEXT_BYTES_MAX, quoted_id
 from engine.errors import EngineError, FailedPrecondition, InvalidArgument
@@ -107,8 +107,11 @@ def _rated_or_refused(billing: Billing, batch: UsageBatch, now_ms: int) -> Inges
             else "is restricted to some customers: the event's customer_id is required"
         )
         return PermissionDenied(f"events[{index}]: key {batch.key_name!r} {refused}; nothing in this batch was applied")
-    except ValueError as exc:
-        return InvalidArgument.field("request", f"not a UsageBatch: {exc}")
+    except BatchNotDecodable as exc:
+        # The event and field prost refused ("events[3].customer_id"), so a sender of thousands of events knows
+        # which to fix; "request" when the bad bytes are the batch's own framing.
+        field, message = exc.args
+        return InvalidArgument.field(field or "request", f"not a UsageBatch: {message}")
 
 
 def rate_batches_explained(

@@ -5,11 +5,13 @@
 //! wire types, unknown fields of the common wire types skipped. On anything else (a group, a
 //! known field with another wire type, text that is not UTF-8, a truncated field, a malformed
 //! varint) it steps aside and prost decodes the batch, so what is accepted, and the message a
-//! malformed batch is refused with, stay prost's. Like prost, the last of a repeated scalar wins.
+//! malformed batch is refused with, stay prost's (with the event and field it refused:
+//! crate::undecodable). Like prost, the last of a repeated scalar wins.
 
 use std::ops::Range;
 
 use crate::decode::{decode_batch, wire, EventView};
+use crate::undecodable::NotABatch;
 
 struct RawEvent<'a> {
     transaction_id: &'a str,
@@ -30,7 +32,7 @@ pub struct Batch<'a> {
 
 /// Either a batch read in place or, when the walker stepped aside, the one prost decoded (which
 /// the caller keeps alive in `owned`).
-pub fn read<'a>(bytes: &'a [u8], owned: &'a mut Option<wire::UsageBatch>) -> Result<Batch<'a>, String> {
+pub fn read<'a>(bytes: &'a [u8], owned: &'a mut Option<wire::UsageBatch>) -> Result<Batch<'a>, NotABatch> {
     if let Some(batch) = Batch::walk(bytes) {
         return Ok(batch);
     }
@@ -396,7 +398,7 @@ mod tests {
         let decoded = decode_batch(bytes);
         // Stepping aside (None) is always allowed: prost then decides.
         if let Some(walked) = Batch::walk(bytes) {
-            let decoded = decoded.map_err(TestCaseError::fail)?;
+            let decoded = decoded.map_err(|e| TestCaseError::fail(e.to_string()))?;
             let expected = Batch::of_wire(&decoded);
             prop_assert_eq!(walked.batch_id, expected.batch_id);
             let shown = |batch: &Batch| batch.events().map(|e| format!("{e:?}")).collect::<Vec<_>>();

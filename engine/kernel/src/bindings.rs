@@ -36,6 +36,12 @@ pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more
 pyo3::create_exception!(_kernel, BatchIdTooLong, PyValueError, "A batch whose batch_id is over 256 bytes.");
 pyo3::create_exception!(
     _kernel,
+    BatchNotDecodable,
+    PyValueError,
+    "Bytes that are not a UsageBatch: args (field, message), the field prost refused (empty: the batch's framing)."
+);
+pyo3::create_exception!(
+    _kernel,
     CustomerNotAllowed,
     PyValueError,
     "A batch naming a customer the caller's key may not touch."
@@ -253,8 +259,9 @@ impl Kernel {
     }
 
     /// The server's ingest: (IngestAck bytes, digest, accepted, duplicates, reject reason names).
-    /// Refuses the whole batch, having changed nothing: ValueError when the bytes are not a
-    /// UsageBatch, BatchTooLarge(events) past `events_max`, CustomerNotAllowed(index, customer_id)
+    /// Refuses the whole batch, having changed nothing: BatchNotDecodable(field, message) when the bytes
+    /// are not a UsageBatch (field: where prost refused them, `events[3].customer_id`; empty for the
+    /// batch's own framing), BatchTooLarge(events) past `events_max`, CustomerNotAllowed(index, customer_id)
     /// for a customer outside `allowed` (None: every customer). A batch that accepts nothing
     /// reports `next_seq - 1`. `top_ups_in_billed_period`: a top-up an event dated in a later billing
     /// period buys starts in that period (false: at the purchase, as batches journaled before it).
@@ -312,7 +319,7 @@ impl Kernel {
                 let reasons = i.rejected.iter().map(|r| r.name()).collect();
                 Ok((PyBytes::new(py, &i.ack), PyBytes::new(py, &i.digest), i.accepted, i.duplicates, reasons))
             }
-            Err(BatchRefusal::NotABatch(message)) => Err(PyValueError::new_err(message)),
+            Err(BatchRefusal::NotABatch(refused)) => Err(BatchNotDecodable::new_err((refused.field, refused.message))),
             Err(BatchRefusal::TooManyEvents(events)) => Err(BatchTooLarge::new_err(events)),
             Err(BatchRefusal::BatchIdTooLong(bytes)) => Err(BatchIdTooLong::new_err(bytes)),
             Err(BatchRefusal::CustomerNotAllowed(index, customer)) => {
@@ -1388,6 +1395,7 @@ fn _kernel(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Kernel>()?;
     module.add("BatchTooLarge", module.py().get_type::<BatchTooLarge>())?;
     module.add("BatchIdTooLong", module.py().get_type::<BatchIdTooLong>())?;
+    module.add("BatchNotDecodable", module.py().get_type::<BatchNotDecodable>())?;
     module.add("CustomerNotAllowed", module.py().get_type::<CustomerNotAllowed>())?;
     module.add("RequestIdMissing", module.py().get_type::<RequestIdMissing>())?;
     module.add("RequestIdTooLong", module.py().get_type::<RequestIdTooLong>())?;

@@ -9,6 +9,7 @@ use prost::Message;
 use smallvec::SmallVec;
 
 use crate::money::{fixed_from_f64, python_repr, Fixed, SCALE_DIGITS, USAGE_VALUE_MAX};
+use crate::undecodable::NotABatch;
 
 pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/tariff.kernel.rs"));
@@ -167,9 +168,10 @@ impl<'a> EventView<'_, 'a> {
     }
 }
 
-/// The whole batch as prost reads it: the slow path, and what decides a malformed batch's error.
-pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, String> {
-    wire::UsageBatch::decode(bytes).map_err(|e| format!("the UsageBatch does not decode: {e}"))
+/// The whole batch as prost reads it: the slow path, and what decides a malformed batch's error (which
+/// names the event and field prost refused: crate::undecodable).
+pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, NotABatch> {
+    wire::UsageBatch::decode(bytes).map_err(|e| NotABatch::of(bytes, &e))
 }
 
 /// Python's repr of a string, for messages ('key', or "it's"), every character Python's repr escapes escaped as it

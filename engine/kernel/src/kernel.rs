@@ -24,6 +24,7 @@ use crate::dedupe::{self, content_digest, prior, Held, Seen};
 pub(crate) use crate::rater::Rater;
 use crate::rater::{Keyed, Plan};
 pub use crate::reads::BalanceView;
+use crate::undecodable::NotABatch;
 
 /// What `ingest_checked` did with a batch.
 pub struct Ingested {
@@ -37,7 +38,8 @@ pub struct Ingested {
 /// Why `ingest_checked` refused a whole batch (nothing changed).
 #[derive(Debug)]
 pub enum BatchRefusal {
-    NotABatch(String),
+    /// The bytes are not a UsageBatch: where prost refused them, and its message.
+    NotABatch(NotABatch),
     TooManyEvents(usize),
     CustomerNotAllowed(usize, String),
     /// The batch_id's length in bytes, over TEXT_BYTES_MAX (see `Kernel::batch_ids_bounded`).
@@ -131,7 +133,7 @@ impl Kernel {
     pub fn ingest(&mut self, batch: &[u8], received_ms: i64, journal_seq: u64) -> Result<(Vec<u8>, [u8; 16]), String> {
         match self.ingest_checked(batch, received_ms, journal_seq, usize::MAX, None) {
             Ok(done) => Ok((done.ack, done.digest)),
-            Err(BatchRefusal::NotABatch(message)) => Err(message),
+            Err(BatchRefusal::NotABatch(refused)) => Err(refused.to_string()),
             Err(refusal) => unreachable!("no limits were given: {refusal:?}"),
         }
     }

@@ -40,6 +40,7 @@ pub mod snapshot;
 pub mod split_hours;
 pub mod tables;
 pub mod touch;
+pub mod undecodable;
 pub mod warm;
 
 mod bindings;

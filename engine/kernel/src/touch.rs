@@ -7,10 +7,10 @@ use rustc_hash::FxHashSet;
 use crate::batch;
 
 /// The distinct customer ids the batch's events name, in the order first named; Err when the bytes
-/// are not a UsageBatch (ingestion then refuses it with the same message).
+/// are not a UsageBatch (ingestion then refuses it, naming the event and field prost refused).
 pub fn batch_customers(bytes: &[u8]) -> Result<Vec<String>, String> {
     let mut owned = None;
-    let batch = batch::read(bytes, &mut owned)?;
+    let batch = batch::read(bytes, &mut owned).map_err(|e| e.to_string())?;
     let mut seen: FxHashSet<&str> = FxHashSet::default();
     Ok(batch.events().filter(|e| seen.insert(e.customer_id)).map(|e| e.customer_id.to_owned()).collect())
 }

@@ -37,14 +37,17 @@ type UsageServiceClient interface {
 	// it with the same transaction ids after a reconnect and already-accepted
 	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
 	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
-	// decode as a UsageBatch, a string that is not UTF-8 say, or whose batch_id
-	// is over 256 bytes) ends the stream with that status: the batches before it stay acknowledged, and none sent after
-	// it is applied (resend them on a new stream). So does a batch whose journal
-	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
-	// UNAVAILABLE): nothing of it and nothing sent after it is applied. A
-	// message past --message-mb-max (16 MiB by default) is refused by gRPC as it
-	// arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED at
-	// once, nothing of it or after it applied, and gRPC sends no more acks, so a
+	// decode as a UsageBatch, a string that is not UTF-8 say, naming the event
+	// and its field as events[3].customer_id (events[3].dimensions for a map
+	// entry, batch_id, or request when the batch's framing is broken), or
+	// whose batch_id is over 256 bytes) ends the stream with that status: the
+	// batches before it stay acknowledged, and none sent after it is applied
+	// (resend them on a new stream). So does a batch whose journal commit fails
+	// (RESOURCE_EXHAUSTED when the journal is full, else UNAVAILABLE): nothing
+	// of it and nothing sent after it is applied. A message past
+	// --message-mb-max (16 MiB by default) is refused by gRPC as it arrives,
+	// before the server reads it: the stream ends RESOURCE_EXHAUSTED at once,
+	// nothing of it or after it applied, and gRPC sends no more acks, so a
 	// batch sent before it and not yet acknowledged may have been committed
 	// unacknowledged: resend it (its accepted events count as duplicates).
 	IngestUsage(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[UsageBatch, IngestAck], error)
@@ -92,14 +95,17 @@ type UsageServiceServer interface {
 	// it with the same transaction ids after a reconnect and already-accepted
 	// events count as duplicates. A batch refused whole (RESOURCE_EXHAUSTED past
 	// the events limit, PERMISSION_DENIED, INVALID_ARGUMENT for one that does not
-	// decode as a UsageBatch, a string that is not UTF-8 say, or whose batch_id
-	// is over 256 bytes) ends the stream with that status: the batches before it stay acknowledged, and none sent after
-	// it is applied (resend them on a new stream). So does a batch whose journal
-	// commit fails (RESOURCE_EXHAUSTED when the journal is full, else
-	// UNAVAILABLE): nothing of it and nothing sent after it is applied. A
-	// message past --message-mb-max (16 MiB by default) is refused by gRPC as it
-	// arrives, before the server reads it: the stream ends RESOURCE_EXHAUSTED at
-	// once, nothing of it or after it applied, and gRPC sends no more acks, so a
+	// decode as a UsageBatch, a string that is not UTF-8 say, naming the event
+	// and its field as events[3].customer_id (events[3].dimensions for a map
+	// entry, batch_id, or request when the batch's framing is broken), or
+	// whose batch_id is over 256 bytes) ends the stream with that status: the
+	// batches before it stay acknowledged, and none sent after it is applied
+	// (resend them on a new stream). So does a batch whose journal commit fails
+	// (RESOURCE_EXHAUSTED when the journal is full, else UNAVAILABLE): nothing
+	// of it and nothing sent after it is applied. A message past
+	// --message-mb-max (16 MiB by default) is refused by gRPC as it arrives,
+	// before the server reads it: the stream ends RESOURCE_EXHAUSTED at once,
+	// nothing of it or after it applied, and gRPC sends no more acks, so a
 	// batch sent before it and not yet acknowledged may have been committed
 	// unacknowledged: resend it (its accepted events count as duplicates).
 	IngestUsage(grpc.BidiStreamingServer[UsageBatch, IngestAck]) error

@@ -1,0 +1,230 @@
+//! Where a UsageBatch that prost refuses goes wrong: the event and its field (`events[3].customer_id`),
+//! so that a sender of thousands of events learns which one to fix. Runs only once prost has refused
+//! the batch: a batch that decodes never comes here.
+//!
+//! A message's fields are merged in order, each on its own (a string replaces, an event is pushed
+//! new), so the field prost refuses in the whole batch is the first one it refuses decoded alone:
+//! each field is stepped over with the walker's reader (crate::batch) and decoded alone, the batch's
+//! top-level fields, then the refused event's fields.
+
+use std::fmt;
+
+use prost::Message;
+
+use crate::batch::Reader;
+use crate::decode::wire;
+
+/// Why bytes are not a UsageBatch. `field` is the path of what prost refused within the batch:
+/// `batch_id`, `events[3]` (an event cut off, or not a message), `events[3].customer_id`,
+/// `events[3].dimensions` (one of its entries); empty when the bad bytes are the batch's own
+/// framing (a key that does not read, an unknown field that cannot be stepped over).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotABatch {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for NotABatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            return f.write_str(&self.message);
+        }
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// UsageEvent's field names by number (usage_wire.proto), as the server names them.
+const EVENT_FIELDS: [&str; 7] =
+    ["transaction_id", "customer_id", "event_type", "timestamp_ms", "dimensions", "values", "reservation_id"];
+
+impl NotABatch {
+    /// The refusal of `bytes`, which prost refused with `whole`, naming where it refused them.
+    #[cold]
+    #[inline(never)]
+    pub fn of(bytes: &[u8], whole: &prost::DecodeError) -> NotABatch {
+        let unplaced =
+            || NotABatch { field: String::new(), message: format!("the UsageBatch does not decode: {whole}") };
+        let Some(refused) = first_refused::<wire::UsageBatch>(bytes, 2) else { return unplaced() };
+        let rest = &bytes[refused.at..];
+        let error = wire::UsageBatch::decode(rest).err().map_or_else(|| whole.to_string(), |e| e.to_string());
+        if refused.number == 1 {
+            return NotABatch { field: "batch_id".into(), message: format!("the batch_id does not decode: {error}") };
+        }
+        let index = refused.before;
+        let mut event = NotABatch {
+            field: format!("events[{index}]"),
+            message: format!("the event at index {index} does not decode: {error}"),
+        };
+        let mut reader = Reader { bytes: rest, at: 0 };
+        let Some(payload) = reader.key().and_then(|_| reader.len_delimited()) else { return event };
+        if let Some(inner) = first_refused::<wire::UsageEvent>(payload, EVENT_FIELDS.len() as u32) {
+            if let Err(error) = wire::UsageEvent::decode(&payload[inner.at..]) {
+                event.field = format!("events[{index}].{}", EVENT_FIELDS[inner.number as usize - 1]);
+                event.message = format!("the event at index {index} does not decode: {error}");
+            }
+        }
+        event
+    }
+}
+
+/// A field prost refuses: its number, how many fields of that number came before it, and where its
+/// key starts.
+pub(crate) struct Refused {
+    pub(crate) number: u32,
+    pub(crate) before: usize,
+    pub(crate) at: usize,
+}
+
+/// The first field numbered 1 to `last_known` in the message `bytes` that prost refuses (decoded
+/// from its key on, it fails at once). None when a key does not read or an unknown field cannot be
+/// stepped over (a group, or one cut off): the refused bytes are then the message's own framing, or
+/// lie past what this steps over. Any message whose fields are numbered from 1 (an AuthorizeBatch's
+/// requests could be named as a UsageBatch's events are).
+pub(crate) fn first_refused<M: Message + Default>(bytes: &[u8], last_known: u32) -> Option<Refused> {
+    let mut seen = vec![0usize; last_known as usize + 1];
+    let mut reader = Reader { bytes, at: 0 };
+    while !reader.done() {
+        let at = reader.at;
+        let (number, wire_type) = reader.key()?;
+        let known = number <= last_known;
+        let stepped = reader.skip(wire_type);
+        // A known field the reader cannot step over is one prost refuses too: a group or another
+        // wire type where it expects its own, or bytes cut off.
+        if known && (stepped.is_none() || M::decode(&bytes[at..reader.at]).is_err()) {
+            return Some(Refused { number, before: seen[number as usize], at });
+        }
+        stepped?;
+        if known {
+            seen[number as usize] += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::decode::decode_batch;
+
+    fn wire_event((transaction_id, customer_id, model): (String, String, String)) -> wire::UsageEvent {
+        let dimensions = vec![wire::DimensionEntry { key: "model".into(), value: model }];
+        wire::UsageEvent { transaction_id, customer_id, timestamp_ms: 7, dimensions, ..wire::UsageEvent::default() }
+    }
+
+    /// Whether the field found is where prost's merge stops: the fields before it decode, and from it on
+    /// the bytes fail at once.
+    fn splits_where_prost_stops<M: Message + Default>(bytes: &[u8], last_known: u32) -> Result<(), TestCaseError> {
+        if let Some(refused) = first_refused::<M>(bytes, last_known) {
+            prop_assert!(M::decode(&bytes[..refused.at]).is_ok(), "the fields before field {}", refused.number);
+            prop_assert!(M::decode(&bytes[refused.at..]).is_err(), "field {} on", refused.number);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config())]
+        #[test]
+        fn the_field_found_is_where_prost_stops_in_damaged_bytes(
+            events in proptest::collection::vec(("[a-zé]{0,3}", "[a-z]{0,3}", "[a-zé]{0,2}"), 1..4),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let events = events.into_iter().map(wire_event).collect();
+            let mut bytes = wire::UsageBatch { batch_id: "b".into(), events }.encode_to_vec();
+            for (at, byte) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            splits_where_prost_stops::<wire::UsageBatch>(&bytes, 2)?;
+            if let Some(refused) = first_refused::<wire::UsageBatch>(&bytes, 2).filter(|r| r.number == 2) {
+                let mut reader = Reader { bytes: &bytes[refused.at..], at: 0 };
+                if let Some(payload) = reader.key().and_then(|_| reader.len_delimited()) {
+                    splits_where_prost_stops::<wire::UsageEvent>(payload, EVENT_FIELDS.len() as u32)?;
+                }
+            }
+        }
+    }
+
+    fn text(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut field = vec![number << 3 | 2, bytes.len() as u8];
+        field.extend_from_slice(bytes);
+        field
+    }
+
+    fn event(customer_id: &[u8], model: &[u8]) -> Vec<u8> {
+        let entry = [text(1, b"model"), text(2, model)].concat();
+        [text(1, b"t"), text(2, customer_id), text(3, b"call"), vec![0x20, 0x07], text(5, &entry)].concat()
+    }
+
+    fn batch(batch_id: &[u8], events: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = text(1, batch_id);
+        for event in events {
+            bytes.extend(text(2, event));
+        }
+        bytes
+    }
+
+    fn refusal(bytes: &[u8]) -> NotABatch {
+        decode_batch(bytes).expect_err("refused")
+    }
+
+    #[test]
+    fn names_the_event_and_its_field() {
+        let good = event(b"acme", b"gpt-4");
+        let bytes = batch(b"b", &[good.clone(), good.clone(), good.clone(), event(b"acme\xff", b"gpt-4"), good]);
+        let refused = refusal(&bytes);
+        assert_eq!(refused.field, "events[3].customer_id");
+        assert_eq!(
+            refused.message,
+            "the event at index 3 does not decode: failed to decode Protobuf message: UsageEvent.customer_id: \
+             invalid string value: data is not UTF-8 encoded"
+        );
+    }
+
+    #[test]
+    fn names_the_map_of_an_entry_that_does_not_decode() {
+        let bytes = batch(b"b", &[event(b"acme", b"gpt-4"), event(b"acme", b"caf\xe9")]);
+        assert_eq!(refusal(&bytes).field, "events[1].dimensions");
+    }
+
+    #[test]
+    fn names_every_field_of_an_event() {
+        for (number, name) in (1u8..).zip(EVENT_FIELDS) {
+            // The field as a fixed32, a wire type it never has.
+            let bad = [vec![number << 3 | 5], vec![0; 4]].concat();
+            let bytes = batch(b"b", &[event(b"acme", b"gpt-4"), [text(1, b"t"), bad].concat()]);
+            assert_eq!(refusal(&bytes).field, format!("events[1].{name}"));
+        }
+    }
+
+    #[test]
+    fn names_batch_id_an_event_cut_off_or_the_batch_itself() {
+        let good = event(b"acme", b"gpt-4");
+        assert_eq!(refusal(&batch(b"b\xff", std::slice::from_ref(&good))).field, "batch_id");
+        // A batch_id that is not UTF-8 after the events: the first field refused is still the batch_id.
+        let late = [batch(b"b", std::slice::from_ref(&good)), text(1, b"\xc3")].concat();
+        assert_eq!(refusal(&late).field, "batch_id");
+        let cut = [batch(b"b", std::slice::from_ref(&good)), vec![0x12, 40, 0x0a]].concat();
+        assert_eq!(refusal(&cut).field, "events[1]");
+        // An event's key that does not read: the event is named, not a field of it.
+        assert_eq!(refusal(&batch(b"b", &[vec![0x80]])).field, "events[0]");
+        let framing = [batch(b"b", &[good]), vec![0xff]].concat();
+        let refused = refusal(&framing);
+        assert_eq!(refused.field, "");
+        assert!(refused.message.starts_with("the UsageBatch does not decode: failed to decode Protobuf message"));
+    }
+
+    #[test]
+    fn an_unknown_field_is_stepped_over_and_an_unknown_group_leaves_the_batch_unplaced() {
+        let bad = event(b"\xff", b"gpt-4");
+        let unknown = [vec![0x48, 0x96, 0x01], text(9, b"\xff")].concat(); // a varint and a LEN field 9
+        assert_eq!(
+            refusal(&[unknown, batch(b"b", std::slice::from_ref(&bad))].concat()).field,
+            "events[0].customer_id"
+        );
+        // A group (field 9, start then end) prost steps over and the reader does not.
+        let group = vec![0x4b, 0x4c];
+        assert_eq!(refusal(&[group, batch(b"b", &[bad])].concat()).field, "");
+    }
+}
