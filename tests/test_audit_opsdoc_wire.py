@@ -1,0 +1,244 @@
+"""Acceptance of how Tariff is operated, against README "### Server flags", "### The operator's log" and "### Metrics
+and traces", over real `tariff serve` processes: what the other operations audits (test_audit_ops*_wire.py,
+test_audit_readmeops_wire.py, test_audit_obs_wire.py, test_server_startup.py, test_server_telemetry.py) leave out.
+
+- A flag's value that passes its documented range but that the machine cannot serve by (a map larger than the
+  address space or the file system's largest file) is one line naming the flag, exit 2, the journal left as it was;
+  a float flag given `nan` or `inf` is a usage error, as any value outside its range.
+- Every metric README lists is on the Prometheus endpoint once the server serves, a counter at 0 before its first
+  count, and the millisecond histograms tell apart the sub-millisecond times they measure.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.journal import LmdbJournal
+from tests.audit_fixtures import serving
+from tests.demo_usage import demo_batch
+from tests.serverproc import HOST, REPO_ROOT, ServerProcess, free_port
+
+README = REPO_ROOT / "README.md"
+# 2^47 B: 128 TiB, the whole user address space of x86-64 and arm64 Linux (a map must fit in it) and 8 times the
+# largest file ext4 takes (16 TiB); in MiB.
+UNMAPPABLE_MB = str(2**27)
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tariff serve ARGS` to completion: each case here is refused before it serves."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--listen", f"{HOST}:0", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=15,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def refusal_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused start prints (README "The operator's log"), its exit status 2."""
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, (result.returncode, lines)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# A map the machine cannot give
+
+
+def test_a_journal_map_larger_than_the_address_space_refuses_a_first_start_in_one_line_naming_the_flag(
+    tmp_path: Path,
+) -> None:
+    """README "Server flags": `--map-size-mb` is at least 1, with no upper bound written. 2^27 MiB (128 TiB) is more
+    than a process can map: the start said `Cannot allocate memory` without saying which setting asked for it."""
+    data_dir = tmp_path / "data"
+    line = refusal_line(run_serve("--data-dir", str(data_dir), "--map-size-mb", UNMAPPABLE_MB))
+    assert f"--map-size-mb {UNMAPPABLE_MB}" in line, line
+    assert "Cannot allocate memory" in line, line
+
+
+def test_growing_a_journal_to_a_map_larger_than_the_address_space_is_one_line_and_leaves_it_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """README "Server flags": a larger `--map-size-mb` grows the journal's map at the next start. Grown past what the
+    machine can map, the start ended in a traceback and exit 1: it must say so in one line, exit 2, naming the flag,
+    and leave the journal as it was, so that the next start with the old value serves it."""
+    data_dir = tmp_path / "data"
+    LmdbJournal(data_dir / "journal", map_size_bytes=2**20).close()  # a journal an earlier start made
+    before = digest(data_dir / "journal" / "data.mdb")
+    line = refusal_line(run_serve("--data-dir", str(data_dir), "--map-size-mb", UNMAPPABLE_MB))
+    assert f"--map-size-mb {UNMAPPABLE_MB}" in line, line
+    assert digest(data_dir / "journal" / "data.mdb") == before
+
+
+def file_system_refuses_a_file_of(directory: Path, size: int) -> bool:
+    """Whether the file system under `directory` refuses a (sparse) file of `size` bytes: EFBIG on ext4 past 16 TiB."""
+    probe = directory / "probe"
+    try:
+        with open(probe, "wb") as file:
+            os.truncate(file.fileno(), size)
+    except OSError as exc:
+        return exc.errno == errno.EFBIG
+    finally:
+        probe.unlink(missing_ok=True)
+    return False
+
+
+def test_an_explain_map_past_the_file_systems_largest_file_names_the_flag_and_does_not_say_to_remove_the_index(
+    tmp_path: Path,
+) -> None:
+    """README "Server flags": `--explain-map-mb` is 1 to 67,108,864 (64 TiB, "address space: the file is sparse").
+    The index's file is its map (LMDB writemap), so on a file system whose largest file is smaller (ext4: 16 TiB) the
+    start was refused with `File too large; it is rebuilt from the journal: remove .../explain and start again`:
+    advice that cannot help (a new index is refused alike) and makes the next start replay the whole journal."""
+    top_mb = 64 * 1024 * 1024
+    if not file_system_refuses_a_file_of(tmp_path, top_mb * 2**20):
+        pytest.skip("this file system takes a file of 64 TiB")
+    data_dir = tmp_path / "data"
+    line = refusal_line(run_serve("--data-dir", str(data_dir), "--explain-map-mb", str(top_mb)))
+    assert f"--explain-map-mb {top_mb}" in line, line
+    assert "remove" not in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# Float flags: a number, not NaN or infinity
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--loop-stall-sample-ms", "nan"),  # served with sampling silently off
+        ("--loop-stall-sample-ms", "inf"),  # a sampler that never wakes: loop_stall_max_ms=0 whatever the loop did
+        ("--log-activity-every-s", "inf"),  # no activity line until the stop
+        ("--log-activity-every-s", "1e400"),  # the same infinity, from a typo
+        ("--snapshot-journal-factor", "inf"),  # no snapshot but at a clean stop: a crash replays the whole journal
+    ],
+)
+def test_a_float_flag_given_no_finite_number_is_a_usage_error_writing_nothing(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    """README "Server flags": a value outside the range given is a usage error, `Error: Invalid value for '--FLAG':
+    ...`, exit 2, before the data directory is touched. NaN is in no range and infinity is not seconds, milliseconds
+    or a factor a server can run by."""
+    data_dir = tmp_path / "data"
+    result = run_serve("--data-dir", str(data_dir), option, value)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert f"Error: Invalid value for '{option}': " in result.stderr, result.stderr
+    assert not data_dir.exists(), "the data directory was touched"
+
+
+def test_the_readme_gives_the_range_of_the_clock_look_interval_the_server_holds_it_to(tmp_path: Path) -> None:
+    """README "Server flags": "A value outside the range given here is a usage error"; `--clock-look-every-ms` had no
+    range in its row while the server refuses 0."""
+    section = README.read_text(encoding="utf-8").split("### Server flags", 1)[1].split("\n### ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| `--clock-look-every-ms`"))
+    assert "at least 1" in row, row
+    data_dir = tmp_path / "data"
+    result = run_serve("--data-dir", str(data_dir), "--clock-look-every-ms", "0")
+    assert result.returncode == 2 and "Error: Invalid value for '--clock-look-every-ms': " in result.stderr
+    assert not data_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics, on the module's server
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def metered_server(tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Iterator[ServerProcess]:
+    process = ServerProcess(
+        tmp_path_factory.mktemp("opsdoc") / "data", demo=True, extra_args=["--metrics-port", str(metrics_port)]
+    )
+    yield from serving(process, lambda client: None)
+
+
+@pytest.fixture
+def metered(metered_server: ServerProcess, metrics_port: int) -> tuple[ServerProcess, int]:
+    return metered_server, metrics_port
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """Each sample of metric `name` (no suffix added): its labels but otel's scope labels -> its value."""
+    found: dict[str, float] = {}
+    for match in re.finditer(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", text, re.MULTILINE):
+        labels = ",".join(part for part in (match.group(1) or "").split(",") if part and not part.startswith("otel_"))
+        found[labels] = float(match.group(2))
+    return found
+
+
+def test_every_metric_the_readme_lists_is_exported_with_its_unit_and_a_counter_at_0_before_its_first_count(
+    metered: tuple[ServerProcess, int],
+) -> None:
+    """README "Metrics and traces": the metrics listed, each under Prometheus's name for it (the unit a suffix,
+    `_total` on a counter). After a batch of 2 accepted events and no duplicate, rejection or alert, a counter that
+    has counted nothing yet was missing from the scrape: a dashboard's `rate()` or an alert on it had no series to
+    read (no data, not 0). It is exported at 0."""
+    server, port = metered
+    with server.client() as client:
+        ack = client.usage.IngestUsageBatch(demo_batch("metrics", "metrics", 2))
+        assert (ack.accepted, ack.duplicates, len(ack.rejected)) == (2, 0, 0)
+        assert client.authorize("acme", "ai_action", {"action": "summary", "model": "gpt-4"}).allowed
+    text = scrape(port)
+    assert samples(text, "tariff_events_ingested_total") == {"": 2.0}
+    assert samples(text, "tariff_events_duplicated_total") == {"": 0.0}
+    assert samples(text, "tariff_alerts_fired_total") == {"": 0.0}
+    rejected = samples(text, "tariff_events_rejected_total")
+    assert rejected.get('reason="UNKNOWN_CUSTOMER"') == 0.0, rejected
+    assert set(rejected.values()) == {0.0}, rejected
+    assert samples(text, "tariff_batch_commit_duration_milliseconds_count")[""] >= 2  # the demo's commit, the batch
+    assert samples(text, "tariff_batch_commit_commands_count")[""] >= 2
+    assert samples(text, "tariff_authorize_duration_milliseconds_count") == {"": 1.0}
+    assert samples(text, "tariff_journal_size_bytes")[""] > 0
+    assert samples(text, "tariff_balances_watched") == {"": 0.0}
+
+
+def bucket_bounds(text: str, histogram: str) -> list[float]:
+    bounds = re.findall(rf'^{re.escape(histogram)}_bucket\{{[^}}]*le="([^"]+)"', text, re.MULTILINE)
+    return sorted(float(bound) for bound in bounds)
+
+
+@pytest.mark.parametrize("histogram", ["tariff_batch_commit_duration_milliseconds", "tariff_authorize_duration_milliseconds"])
+def test_the_millisecond_histograms_tell_sub_millisecond_times_apart(
+    metered: tuple[ServerProcess, int], histogram: str
+) -> None:
+    """README: an Authorize is answered from memory (tens of microseconds) and a group commit takes about a
+    millisecond, but the histograms had OpenTelemetry's default buckets (0, 5, 10, 25, ... ms): every sample fell in
+    the first, and no quantile an operator computes from the scrape could be below 5 ms or tell 0.05 ms from 4 ms.
+    Their buckets reach down to 0.01 ms, at least two in every decade up to 10 s."""
+    server, port = metered
+    with server.client() as client:
+        assert client.authorize("acme", "ai_action", {"action": "summary", "model": "gpt-4"}).allowed
+    bounds = [bound for bound in bucket_bounds(scrape(port), histogram) if bound != float("inf")]
+    assert bounds and bounds[0] <= 0.01, bounds
+    assert bounds[-1] >= 10_000, bounds
+    for decade in (0.01, 0.1, 1, 10, 100, 1_000):
+        inside = [bound for bound in bounds if decade < bound <= decade * 10]
+        assert len(inside) >= 2, (decade, bounds)
