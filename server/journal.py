@@ -147,6 +147,21 @@ class JournalUnopenable(Exception):
     """LMDB could not open the store (not an LMDB file, unreadable, ...): nothing was read or written."""
 
 
+def map_size_refused(exc: lmdb.Error) -> bool:
+    """Whether LMDB refused a map for its size: more address space than the process has (ENOMEM), or, a map written
+    in place, a file larger than the file system takes (EFBIG: ext4's largest is 16 TiB). py-lmdb gives no errno,
+    only MemoryError for the first and the message's strerror for both."""
+    reasons = (os.strerror(errno.ENOMEM), os.strerror(errno.EFBIG))
+    return isinstance(exc, lmdb.MemoryError) or str(exc).endswith(reasons)
+
+
+def _map_advice(exc: lmdb.Error, map_size_bytes: int) -> str:
+    """What the start's refusal adds when the map's size is the cause: the flag that set it, to set smaller."""
+    if not map_size_refused(exc):
+        return ""
+    return f": --map-size-mb {map_size_bytes // 2**20} is more than this machine can map; start with a smaller one"
+
+
 class JournalFull(Exception):
     """The LMDB map is full: the commit wrote nothing. Grow --map-size-mb and restart."""
 
@@ -469,11 +484,18 @@ class LmdbJournal:
                 lock=True,
             )
         except lmdb.Error as exc:
-            raise JournalUnopenable(f"cannot open the journal at {path}: {exc}") from None
+            raise JournalUnopenable(
+                f"cannot open the journal at {path}: {exc}{_map_advice(exc, map_size_bytes)}"
+            ) from None
         try:
             if env.info()["map_size"] < requested_bytes:
                 # Safe only here: set_mapsize invalidates every open transaction in the process.
-                env.set_mapsize(requested_bytes)
+                try:
+                    env.set_mapsize(requested_bytes)
+                except lmdb.Error as exc:  # the file is as it was: a smaller map, or the old one, serves it
+                    raise JournalUnopenable(
+                        f"cannot grow the journal's map at {path}: {exc}{_map_advice(exc, map_size_bytes)}"
+                    ) from None
             with env.begin(write=True) as txn:
                 self._records_db = env.open_db(_RECORDS_DB, txn=txn)
                 self._snapshots_db = env.open_db(_SNAPSHOTS_DB, txn=txn)

@@ -225,7 +225,9 @@ def bucket_bounds(text: str, histogram: str) -> list[float]:
     return sorted(float(bound) for bound in bounds)
 
 
-@pytest.mark.parametrize("histogram", ["tariff_batch_commit_duration_milliseconds", "tariff_authorize_duration_milliseconds"])
+@pytest.mark.parametrize(
+    "histogram", ["tariff_batch_commit_duration_milliseconds", "tariff_authorize_duration_milliseconds"]
+)
 def test_the_millisecond_histograms_tell_sub_millisecond_times_apart(
     metered: tuple[ServerProcess, int], histogram: str
 ) -> None:
