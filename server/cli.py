@@ -8,6 +8,7 @@ that needs them, so `tariff --help` starts fast.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -87,11 +88,13 @@ Number = TypeVar("Number", int, float)
 
 
 def _within(low: float, high: float | None = None) -> Callable[[click.Context, click.Parameter, Number], Number]:
-    """An option callback refusing a value outside [low, high] as a usage error (exit 2). Unlike click.IntRange it
-    leaves the help's `[default: N]` as it is."""
+    """An option callback refusing a value outside [low, high], or NaN or infinity, as a usage error (exit 2). Unlike
+    click.IntRange it leaves the help's `[default: N]` as it is."""
 
     def check(_ctx: click.Context, _param: click.Parameter, value: Number) -> Number:
-        if not low <= value or (high is not None and not value <= high):  # NaN is refused too
+        if not math.isfinite(value):  # no interval or factor a server runs by; `1e400` reads as infinity
+            raise click.BadParameter(f"{value} is not a finite number")
+        if not low <= value or (high is not None and not value <= high):
             raise click.BadParameter(
                 f"{value} is not within {_bound(low)}..{_bound(high)}"
                 if high is not None
@@ -222,7 +225,8 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
 )
 @click.option(
     "--loop-stall-sample-ms",
-    type=click.FloatRange(min=0.0),
+    type=float,
+    callback=_within(0.0),
     default=0.0,
     show_default="off",
     help="sample the event loop's longest stall every this many ms, reported in the activity line",
