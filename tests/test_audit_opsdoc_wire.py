@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -23,7 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from server.journal import LmdbJournal
+from engine import commands as cmd
+from server.journal import LmdbJournal, MemoryJournal
+from server.records import JournalRecord, encode_record
+from server.recovery import recover
 from tests.audit_fixtures import serving
 from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerProcess, free_port
@@ -244,3 +248,34 @@ def test_the_millisecond_histograms_tell_sub_millisecond_times_apart(
     for decade in (0.01, 0.1, 1, 10, 100, 1_000):
         inside = [bound for bound in bounds if decade < bound <= decade * 10]
         assert len(inside) >= 2, (decade, bounds)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recovery's progress line
+
+
+def test_a_recovery_progress_line_counts_the_records_replayed_so_far_not_the_one_about_to_be(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """README "The operator's log": a long recovery says how far its replay got, `recovery in progress replayed=...
+    of=... seq=... last_seq=...`. The line is written before record `seq` is replayed, yet said `replayed=seq`: one
+    record more than done, and `replayed=N of=N` while the last record (up to 10,000 events) was still to replay.
+    In-process (a recovery of more than 2 s is too slow for a test): 2,100 records, no snapshot, a line at every
+    check (one per 1,024 records)."""
+    journal = MemoryJournal()
+    records = [
+        (seq, encode_record(JournalRecord(cmd.CreateCustomer(1_800_000_000_000, "ops", f"c-{seq}", "", {}))))
+        for seq in range(1, 2_101)
+    ]
+    journal.commit(records)
+    with caplog.at_level(logging.INFO, logger="tariff"):
+        recover(journal, progress_every_s=0.0)
+    progress = [
+        record.fields  # type: ignore[attr-defined]
+        for record in caplog.records
+        if record.getMessage() == "recovery in progress"
+    ]
+    assert [(line["seq"], line["replayed"], line["of"]) for line in progress] == [
+        (1_024, 1_023, 2_100),
+        (2_048, 2_047, 2_100),
+    ]
