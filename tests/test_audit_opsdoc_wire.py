@@ -78,6 +78,23 @@ def test_a_journal_map_larger_than_the_address_space_refuses_a_first_start_in_on
     assert "Cannot allocate memory" in line, line
 
 
+def test_a_first_start_refused_its_map_leaves_no_journal_holding_that_map_so_the_next_start_serves(
+    tmp_path: Path,
+) -> None:
+    """A typo in the first start's `--map-size-mb` made LMDB write a new journal's first page, with the map size asked
+    for, before the map failed; every later start adopts a journal's stored map (README: "`--map-size-mb` never
+    shrinks the journal's map"), so each was refused alike, `--map-size-mb 1024` included, until the operator removed
+    the journal by hand. A refused first start leaves no journal: the next start, with a map the machine can give,
+    opens it empty."""
+    data_dir = tmp_path / "data"
+    refusal_line(run_serve("--data-dir", str(data_dir), "--map-size-mb", UNMAPPABLE_MB))
+    journal = LmdbJournal(data_dir / "journal", map_size_bytes=2**20)  # what `tariff serve --map-size-mb 1` opens
+    try:
+        assert journal.last_seq() == 0
+    finally:
+        journal.close()
+
+
 def test_growing_a_journal_to_a_map_larger_than_the_address_space_is_one_line_and_leaves_it_as_it_was(
     tmp_path: Path,
 ) -> None:
