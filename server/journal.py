@@ -484,9 +484,13 @@ class LmdbJournal:
                 lock=True,
             )
         except lmdb.Error as exc:
-            raise JournalUnopenable(
-                f"cannot open the journal at {path}: {exc}{_map_advice(exc, map_size_bytes)}"
-            ) from None
+            if not existing:
+                # LMDB may have written the new file's first page, the map asked for in it, before the map failed:
+                # every later start would adopt that map (map_size=0 above) and fail alike. It holds nothing.
+                for name in ("data.mdb", "lock.mdb"):
+                    (path / name).unlink(missing_ok=True)
+            advice = _map_advice(exc, map_size_bytes) if not existing else ""
+            raise JournalUnopenable(f"cannot open the journal at {path}: {exc}{advice}") from None
         try:
             if env.info()["map_size"] < requested_bytes:
                 # Safe only here: set_mapsize invalidates every open transaction in the process.
