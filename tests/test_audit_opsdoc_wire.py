@@ -296,3 +296,42 @@ def test_a_recovery_progress_line_counts_the_records_replayed_so_far_not_the_one
         (1_024, 1_023, 2_100),
         (2_048, 2_047, 2_100),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# `tariff serve --help` against README's table
+
+# Each numeric flag's range, as README's "Server flags" table writes it.
+RANGES = {
+    "--map-size-mb": "at least 1",
+    "--batch-events-max": "at least 1",
+    "--message-mb-max": "1 to 2047",
+    "--stream-inflight-batches-max": "at least 1",
+    "--intake-mb-max": "at least 1",
+    "--max-concurrent-rpcs": "at least 1",
+    "--connection-idle-max": "1 ms to 2,147,483,647 ms",
+    "--future-skew-s": "0 to 31,622,400",
+    "--reservation-ttl-max-s": "0.001 to 315,576,000,000",
+    "--clock-look-every-ms": "at least 1",
+    "--explain-map-mb": "1 to 67,108,864",
+    "--snapshot-every": "at least 1",
+    "--snapshot-every-events": "at least 1",
+    "--snapshot-journal-factor": "0 or more",
+    "--metrics-port": "1 to 65535",
+    "--log-activity-every-s": "at least 0.001",
+    "--loop-stall-sample-ms": "0 or more",
+}
+
+
+def test_serve_help_gives_each_numeric_flag_the_range_readme_gives_it() -> None:
+    """README "Server flags": "`tariff serve --help` lists them too. A value outside the range given here is a usage
+    error". The help gave the range of 4 of the 17 numeric flags, in 3 spellings (`x>=1`, `1<=x<=65535`, `0 to a
+    year`): an operator reading it could not tell that `--message-mb-max 4096` or `--explain-map-mb 0` is refused."""
+    from server.cli import serve
+
+    section = README.read_text(encoding="utf-8").split("### Server flags", 1)[1].split("\n### ", 1)[0]
+    rows = {line.split("`")[1]: line for line in section.splitlines() if line.startswith("| `--")}
+    helps = {option.opts[0]: option.help or "" for option in serve.params if option.opts[0] in RANGES}
+    for flag, range_text in RANGES.items():
+        assert range_text in rows[flag], (flag, rows[flag])
+        assert range_text in " ".join(helps[flag].split()), (flag, helps[flag])
