@@ -16,15 +16,19 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine import commands as cmd
+from server import oplog
 from server.journal import LmdbJournal, MemoryJournal
 from server.records import JournalRecord, encode_record
 from server.recovery import recover
@@ -335,3 +339,68 @@ def test_serve_help_gives_each_numeric_flag_the_range_readme_gives_it() -> None:
     for flag, range_text in RANGES.items():
         assert range_text in rows[flag], (flag, rows[flag])
         assert range_text in " ".join(helps[flag].split()), (flag, helps[flag])
+
+
+# ---------------------------------------------------------------------------------------------
+# Health at the stop
+
+SERVICES = [
+    f"tariff.v1.{name}"
+    for name in (
+        "UsageService",
+        "BalanceService",
+        "PricingService",
+        "ContractService",
+        "InvoiceService",
+        "AlertService",
+    )
+]
+
+
+def test_at_sigterm_every_services_health_watch_sees_not_serving_then_ends_unavailable_and_the_exit_is_0(
+    tmp_path: Path,
+) -> None:
+    """README "Shutdown": SIGTERM sends NOT_SERVING to every health `Watch` stream and ends it at once with
+    UNAVAILABLE. A load balancer may watch one service (`tariff.v1.UsageService`, say) rather than the server's "":
+    each is told, not only the server's."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    statuses: dict[str, list[str]] = {service: [] for service in ["", *SERVICES]}
+    ends: dict[str, grpc.StatusCode] = {}
+    try:
+        with grpc.insecure_channel(server.target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = {service: stub.Watch(health_pb2.HealthCheckRequest(service=service)) for service in statuses}
+            for service, watch in watches.items():
+                statuses[service].append(health_pb2.HealthCheckResponse.ServingStatus.Name(next(watch).status))
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            for service, watch in watches.items():
+                try:
+                    for reply in watch:
+                        statuses[service].append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                except grpc.RpcError as exc:
+                    ends[service] = exc.code()
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    assert statuses == {service: ["SERVING", "NOT_SERVING"] for service in statuses}
+    assert ends == {service: grpc.StatusCode.UNAVAILABLE for service in statuses}
+
+
+# ---------------------------------------------------------------------------------------------
+# The activity line's counts
+
+
+def test_the_activity_line_counts_every_commit_of_an_interval_past_the_commit_times_it_keeps() -> None:
+    """README "The operator's log": `activity ... commits=... commit_p99_ms=...`, counted per committed group. The
+    interval keeps at most COMMIT_SAMPLES_MAX commit times for its p99 (memory stays bounded), and `commits=` was the
+    number kept: a minute of more group commits than that (1,700 a second) said 100,000 however many there were.
+    In-process (Activity is what the writer feeds): 100,001 commits, the last one the slowest."""
+    activity = oplog.Activity()
+    for _ in range(oplog.COMMIT_SAMPLES_MAX):
+        activity.committed(1.0)
+    activity.committed(2.0)
+    fields = activity.report(lambda: 0)
+    assert fields is not None
+    assert fields["commits"] == oplog.COMMIT_SAMPLES_MAX + 1
