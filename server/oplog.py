@@ -97,11 +97,13 @@ class Activity:
     duplicates: int = 0
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     admin_changes: int = 0
-    commit_ms: list[float] = field(default_factory=list)
+    commit_ms: list[float] = field(default_factory=list)  # at most COMMIT_SAMPLES_MAX of them, for the p99
+    commits: int = 0  # every one, however many commit_ms keeps
     streams_open: int = 0
     since_monotonic: float = field(default_factory=time.monotonic)
 
     def committed(self, commit_ms: float) -> None:
+        self.commits += 1
         if len(self.commit_ms) < COMMIT_SAMPLES_MAX:
             self.commit_ms.append(commit_ms)
 
@@ -111,7 +113,7 @@ class Activity:
         self.rejected.update(rejected_by_reason)
 
     def busy(self) -> bool:
-        return bool(self.accepted or self.duplicates or self.rejected or self.admin_changes or self.commit_ms)
+        return bool(self.accepted or self.duplicates or self.rejected or self.admin_changes or self.commits)
 
     def report(self, journal_bytes: Callable[[], int]) -> dict[str, Any] | None:
         """The fields of an activity line, and a fresh interval; None when nothing happened since the last."""
@@ -125,12 +127,12 @@ class Activity:
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": ",".join(f"{k}:{v}" for k, v in sorted(self.rejected.items())) or "none",
             "admin_changes": self.admin_changes,
-            "commits": len(self.commit_ms),
+            "commits": self.commits,
             "commit_p99_ms": round(_p99(self.commit_ms), 2),
             "journal_bytes": journal_bytes(),
             "streams": self.streams_open,
         }
-        self.accepted = self.duplicates = self.admin_changes = 0
+        self.accepted = self.duplicates = self.admin_changes = self.commits = 0
         self.rejected = collections.Counter()
         self.commit_ms = []
         self.since_monotonic = now
