@@ -404,3 +404,17 @@ def test_the_activity_line_counts_every_commit_of_an_interval_past_the_commit_ti
     fields = activity.report(lambda: 0)
     assert fields is not None
     assert fields["commits"] == oplog.COMMIT_SAMPLES_MAX + 1
+
+
+def test_the_activity_line_s_commit_p99_reads_the_whole_interval_not_only_its_first_commits() -> None:
+    """README: `commit_p99_ms=...`, the interval's. Past COMMIT_SAMPLES_MAX commits the times after were dropped, so a
+    slow disk in the last part of a busy minute never showed: 100,000 commits of 1 ms, then 10,000 of 50 ms (9% of
+    the interval's commits, so its p99 is 50 ms), said commit_p99_ms=1.0."""
+    activity = oplog.Activity()
+    for _ in range(oplog.COMMIT_SAMPLES_MAX):
+        activity.committed(1.0)
+    for _ in range(10_000):
+        activity.committed(50.0)
+    fields = activity.report(lambda: 0)
+    assert fields is not None
+    assert (fields["commits"], fields["commit_p99_ms"]) == (oplog.COMMIT_SAMPLES_MAX + 10_000, 50.0)
