@@ -22,7 +22,7 @@ from typing import Any
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACTIVITY_EVERY_S_DEFAULT = 60.0
-COMMIT_SAMPLES_MAX = 100_000  # commit times kept per activity interval for the p99 (a few MB at most)
+COMMIT_SAMPLES_MAX = 100_000  # commit times kept per activity interval for the p99 (a few MB at most; see committed)
 
 log = logging.getLogger("tariff")
 
@@ -99,13 +99,19 @@ class Activity:
     admin_changes: int = 0
     commit_ms: list[float] = field(default_factory=list)  # at most COMMIT_SAMPLES_MAX of them, for the p99
     commits: int = 0  # every one, however many commit_ms keeps
+    commit_stride: int = 1  # commit_ms keeps every commit_stride-th commit time, doubled each time it fills
     streams_open: int = 0
     since_monotonic: float = field(default_factory=time.monotonic)
 
     def committed(self, commit_ms: float) -> None:
+        """One group commit. Its time is kept at a stride that doubles when the kept times fill (every other one is
+        dropped then), so the p99 reads the whole interval however busy, in bounded memory."""
         self.commits += 1
-        if len(self.commit_ms) < COMMIT_SAMPLES_MAX:
+        if (self.commits - 1) % self.commit_stride == 0:
             self.commit_ms.append(commit_ms)
+            if len(self.commit_ms) >= COMMIT_SAMPLES_MAX:
+                del self.commit_ms[1::2]
+                self.commit_stride *= 2
 
     def batch(self, accepted: int, duplicates: int, rejected_by_reason: collections.Counter[str]) -> None:
         self.accepted += accepted
@@ -135,6 +141,7 @@ class Activity:
         self.accepted = self.duplicates = self.admin_changes = self.commits = 0
         self.rejected = collections.Counter()
         self.commit_ms = []
+        self.commit_stride = 1
         self.since_monotonic = now
         return fields if busy else None
 
