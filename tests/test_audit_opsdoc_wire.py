@@ -418,3 +418,38 @@ def test_the_activity_line_s_commit_p99_reads_the_whole_interval_not_only_its_fi
     fields = activity.report(lambda: 0)
     assert fields is not None
     assert (fields["commits"], fields["commit_p99_ms"]) == (oplog.COMMIT_SAMPLES_MAX + 10_000, 50.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The start line after a crash and after a clean stop
+
+
+def start_line(server: ServerProcess) -> str:
+    lines = re.findall(r"^.* INFO tariff: serving version=.*$", server.log_path.read_text(), re.MULTILINE)
+    return lines[-1]
+
+
+def test_the_start_line_counts_the_records_and_events_replayed_after_a_kill_9_and_none_after_a_clean_stop(
+    tmp_path: Path,
+) -> None:
+    """README "The operator's log": `replayed_records=... replayed_events=...`, the journal records and the usage
+    events in them the recovery replayed after the snapshot it loaded, all of them when it loaded none. The demo is
+    7 records (seq 1-7, no snapshot: 5,000 records make one), then batches of 3 and 2 events (seq 8, 9); kill -9
+    leaves no snapshot, so the restart replays 9 records holding 5 events. A clean stop stores a snapshot of seq 9:
+    the next start replays nothing."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    try:
+        with server.client() as client:
+            assert client.usage.IngestUsageBatch(demo_batch("r1", "r1", 3)).journal_seq == 8
+            assert client.usage.IngestUsageBatch(demo_batch("r2", "r2", 2)).journal_seq == 9
+        server.kill9()
+        server.start()
+        line = start_line(server)
+        assert " journal_seq=9 customers=1 " in line and line.endswith(" replayed_records=9 replayed_events=5"), line
+        assert server.terminate() == 0
+        server.start()
+        line = start_line(server)
+        assert " journal_seq=9 " in line and line.endswith(" replayed_records=0 replayed_events=0"), line
+    finally:
+        server.stop()
