@@ -453,3 +453,29 @@ def test_the_start_line_counts_the_records_and_events_replayed_after_a_kill_9_an
         assert " journal_seq=9 " in line and line.endswith(" replayed_records=0 replayed_events=0"), line
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# `tariff keys new`
+
+
+KEYS_NEW = [sys.executable, "-m", "server.cli", "keys", "new"]
+
+
+@pytest.mark.parametrize("customers", ["", ",", "acme,bad id"])
+def test_keys_new_names_customers_in_a_refusal_as_every_other_option_is_named(tmp_path: Path, customers: str) -> None:
+    """README "API keys": a `--customers` naming no customer, or one breaking the id rule, is a usage error (exit 2),
+    nothing written. Click names an option in quotes (`Error: Invalid value for '--name': ...`, as `tariff serve`'s
+    flags and `--name` are); `--customers` was named without them (`Invalid value for --customers:`)."""
+    key_file = tmp_path / "keys.toml"
+    result = subprocess.run(
+        [*KEYS_NEW, "--name", "portal", "--role", "read", "--customers", customers, "--file", str(key_file)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=15,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Error: Invalid value for '--customers': " in result.stderr, result.stderr
+    assert result.stdout == "" and not key_file.exists()
