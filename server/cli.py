@@ -490,12 +490,12 @@ def _restricted_to(customers: str | None) -> list[str]:
     if not ids:
         raise click.BadParameter(
             f"{customers!r} names no customer (leave --customers out for a key that may touch every customer)",
-            param_hint="--customers",
+            param_hint="'--customers'",
         )
     for customer_id in ids:
         if not is_id(customer_id):
             raise click.BadParameter(
-                f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="--customers"
+                f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="'--customers'"
             )
     return ids
 
