@@ -15,10 +15,12 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tariff.v1 import balance_pb2
 
 from engine import commands as cmd
 from server import oplog
@@ -35,6 +38,7 @@ from server.recovery import recover
 from tests.audit_fixtures import serving
 from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerProcess, free_port
+from tests.test_server_limits import Bidi
 
 README = REPO_ROOT / "README.md"
 # 2^47 B: 128 TiB, the whole user address space of x86-64 and arm64 Linux (a map must fit in it) and 8 times the
@@ -479,3 +483,36 @@ def test_keys_new_names_customers_in_a_refusal_as_every_other_option_is_named(tm
     assert result.returncode == 2, result.stderr
     assert "Error: Invalid value for '--customers': " in result.stderr, result.stderr
     assert result.stdout == "" and not key_file.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The activity line's streams=
+
+
+def test_the_activity_line_s_streams_counts_the_open_ingest_streams_and_no_other_kind(tmp_path: Path) -> None:
+    """README "The operator's log": `activity ... streams=...`. What it counts is the `IngestUsage` streams open (the
+    producers connected), not the watches, `AuthorizeStream`s or other streams: with one of each open, it is 1."""
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=["--log-activity-every-s", "0.2"])
+    server.start()
+    try:
+        with server.client() as client:
+            watch = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="acme"))
+            assert next(watch).customer_id == "acme"
+            checks: queue.Queue[balance_pb2.AuthorizeRequest | None] = queue.Queue()
+            authorize = client.balance.AuthorizeStream(iter(checks.get, None))
+            checks.put(balance_pb2.AuthorizeRequest(customer_id="acme", event_type="ai_action", request_id="s-1"))
+            assert next(authorize).allowed
+            ingest = Bidi(client)
+            assert ingest.send(demo_batch("streams", "streams", 2)).accepted == 2
+            pattern = re.compile(r" INFO tariff: activity .*accepted=2 .* streams=(\d+)")
+            deadline = time.monotonic() + 15
+            while not (found := pattern.search(server.log_path.read_text())):
+                assert time.monotonic() < deadline, server.log_tail(10)
+                time.sleep(0.05)
+            assert found.group(1) == "1", found.group(0)
+            assert ingest.end() == []
+            checks.put(None)
+            assert list(authorize) == []
+            watch.cancel()
+    finally:
+        server.stop()
