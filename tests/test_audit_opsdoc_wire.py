@@ -516,3 +516,20 @@ def test_the_activity_line_s_streams_counts_the_open_ingest_streams_and_no_other
             watch.cancel()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A file in the way inside the data directory
+
+
+@pytest.mark.parametrize("inside", ["journal", "explain"])
+def test_a_file_where_the_journal_or_the_explain_index_goes_is_refused_in_one_line(tmp_path: Path, inside: str) -> None:
+    """README "The operator's log": a `--data-dir` that cannot be a directory (a file is in the way) is refused in one
+    line, exit 2. A file where `journal/` or `explain/` goes (a restore gone wrong) ended the start in a traceback,
+    exit 1; the file is left as it was."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / inside).write_bytes(b"not a directory")
+    line = refusal_line(run_serve("--data-dir", str(data_dir)))
+    assert str(data_dir / inside) in line, line
+    assert (data_dir / inside).read_bytes() == b"not a directory"
