@@ -47,7 +47,7 @@ from typing import Any, cast
 import lmdb
 
 from engine._kernel import Kernel, explain_block, explain_chunk_line, explain_period_key
-from server.journal import map_size_refused
+from server.journal import map_size_refused, why_not_a_directory
 from server.scheduling import GilHandover
 
 log = logging.getLogger("tariff.explain")
@@ -189,7 +189,13 @@ class ExplainIndex:
     """The index on its LMDB environment, and the thread that writes it (see the module docstring)."""
 
     def __init__(self, path: Path, *, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way (FileExistsError), ...: nothing was written
+            raise IndexUnopenable(
+                f"cannot open the explain index at {path}: {why_not_a_directory(exc)}; it is rebuilt from the journal: remove "
+                f"{path} and start again"
+            ) from None
         # No fsync: the index is rebuilt from the journal, and LMDB without sync still never corrupts itself.
         # writemap: a put dirties pages of the map in place instead of copying them out at commit.
         # readahead=False (MADV_RANDOM on the map): with readahead a fault fills the page cache in large folios (2 MB

@@ -147,6 +147,11 @@ class JournalUnopenable(Exception):
     """LMDB could not open the store (not an LMDB file, unreadable, ...): nothing was read or written."""
 
 
+def why_not_a_directory(exc: OSError) -> str:
+    """Why a directory of the data directory cannot be made, in the operator's words."""
+    return "a file is in the way, not a directory" if isinstance(exc, FileExistsError) else str(exc.strerror)
+
+
 def map_size_refused(exc: lmdb.Error) -> bool:
     """Whether LMDB refused a map for its size: more address space than the process has (ENOMEM), or, a map written
     in place, a file larger than the file system takes (EFBIG: ext4's largest is 16 TiB). py-lmdb gives no errno,
@@ -467,7 +472,10 @@ class LmdbJournal:
             raise ValueError(f"map_size_bytes must be positive, got {map_size_bytes}")
         self._path = path
         requested_bytes = -(-map_size_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way (FileExistsError), ...: nothing was written
+            raise JournalUnopenable(f"cannot open the journal at {path}: {why_not_a_directory(exc)}") from None
         existing = (path / "data.mdb").exists()
         # LMDB does not keep a bigger stored map by itself: an explicit smaller map_size shrinks
         # it (down to the used pages). map_size=0 adopts the stored size, then we grow if asked.
