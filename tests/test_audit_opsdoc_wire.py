@@ -429,7 +429,7 @@ def test_the_activity_line_s_commit_p99_reads_the_whole_interval_not_only_its_fi
 
 
 def start_line(server: ServerProcess) -> str:
-    lines = re.findall(r"^.* INFO tariff: serving version=.*$", server.log_path.read_text(), re.MULTILINE)
+    lines: list[str] = re.findall(r"^.* INFO tariff: serving version=.*$", server.log_path.read_text(), re.MULTILINE)
     return lines[-1]
 
 
