@@ -35,6 +35,7 @@ from server import oplog
 from server.journal import LmdbJournal, MemoryJournal
 from server.records import JournalRecord, encode_record
 from server.recovery import recover
+from tests import test_audit_longrun_wire as longrun
 from tests.audit_fixtures import serving
 from tests.demo_usage import demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerProcess, free_port
@@ -533,3 +534,38 @@ def test_a_file_where_the_journal_or_the_explain_index_goes_is_refused_in_one_li
     line = refusal_line(run_serve("--data-dir", str(data_dir)))
     assert str(data_dir / inside) in line, line
     assert (data_dir / inside).read_bytes() == b"not a directory"
+
+
+# ---------------------------------------------------------------------------------------------
+# A smaller --explain-map-mb
+
+
+def test_a_smaller_explain_map_than_the_index_holds_keeps_it_and_the_index_stops_at_its_next_write(
+    tmp_path: Path,
+) -> None:
+    """README "Flags and restarts" sends `--explain-map-mb` below for what a smaller value does, and below said only
+    that a larger one grows the map. LMDB takes a smaller map down to what the index holds (no smaller): the start
+    serves, every event taken before is explained, and the next write finds the index full (it stops alone, as a
+    full one does: usage goes on). 100,000 events of 1 unit hold more than 1 MiB of index (as in
+    test_audit_longrun_wire.py), taken under the default map; then a start with `--explain-map-mb 1` and one more."""
+    server = ServerProcess(tmp_path / "data")
+    server.start()
+    at_ms = time.time_ns() // 1_000_000 - 1000
+    try:
+        with server.client() as client:
+            longrun.catalogue(client, ("x", False))
+            for b in range(10):
+                batch = [longrun.work(f"x{b}-{i}", "x", 1, at_ms) for i in range(10_000)]
+                assert client.ingest_batch(batch).accepted == 10_000
+            assert longrun.until(lambda: longrun.explain_code(client, "x", at_ms) == grpc.StatusCode.OK)
+        assert server.terminate() == 0
+        server.extra_args = ("--explain-map-mb", "1")
+        server.start()
+        with server.client() as client:
+            assert longrun.explain_code(client, "x", at_ms) == grpc.StatusCode.OK
+            assert client.ingest_batch([longrun.work("after", "x", 1, at_ms)]).accepted == 1
+            assert longrun.until(lambda: "the explain index stopped" in server.log_path.read_text())
+            assert longrun.explain_code(client, "x", at_ms) == grpc.StatusCode.UNAVAILABLE
+            assert str(client.get_balance("x").period_charges) == "100001"
+    finally:
+        server.stop()
