@@ -8,6 +8,7 @@ that needs them, so `tariff --help` starts fast.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -111,11 +112,13 @@ Number = TypeVar("Number", int, float)
 
 
 def _within(low: float, high: float | None = None) -> Callable[[click.Context, click.Parameter, Number], Number]:
-    """An option callback refusing a value outside [low, high] as a usage error (exit 2). Unlike click.IntRange it
-    leaves the help's `[default: N]` as it is."""
+    """An option callback refusing a value outside [low, high], or NaN or infinity, as a usage error (exit 2). Unlike
+    click.IntRange it leaves the help's `[default: N]` as it is."""
 
     def check(_ctx: click.Context, _param: click.Parameter, value: Number) -> Number:
-        if not low <= value or (high is not None and not value <= high):  # NaN is refused too
+        if not math.isfinite(value):  # no interval or factor a server runs by; `1e400` reads as infinity
+            raise click.BadParameter(f"{value} is not a finite number")
+        if not low <= value or (high is not None and not value <= high):
             raise click.BadParameter(
                 f"{value} is not within {_bound(low)}..{_bound(high)}"
                 if high is not None
@@ -124,6 +127,17 @@ def _within(low: float, high: float | None = None) -> Callable[[click.Context, c
         return value
 
     return check
+
+
+def _optional(
+    check: Callable[[click.Context, click.Parameter, int], int],
+) -> Callable[[click.Context, click.Parameter, int | None], int | None]:
+    """`check` for an option with no default: its absence (None) passes."""
+
+    def check_given(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+        return None if value is None else check(ctx, param, value)
+
+    return check_given
 
 
 def _bound(bound: float) -> str:
@@ -142,43 +156,54 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
 @main.command(context_settings={"show_default": True})
 @click.option("--listen", default="127.0.0.1:50051", help="address to listen on")
 @click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="where the LMDB journal lives")
-@click.option("--demo", is_flag=True, help="load the demo catalogue when the data directory is empty")
+@click.option("--demo", is_flag=True, help="load the demo catalogue when the journal is empty")
 @click.option("--insecure", is_flag=True, help="allow a non-loopback listen address without API keys")
 @click.option(
     "--map-size-mb",
     type=int,
     default=1024,
     callback=_within(1),
-    help="LMDB map size in MiB; grows the map when raised",
+    help="LMDB map size in MiB, at least 1; grows the map when raised",
 )
 @click.option(
-    "--batch-events-max", type=int, default=10_000, callback=_within(1), help="most events one UsageBatch may hold"
+    "--batch-events-max",
+    type=int,
+    default=10_000,
+    callback=_within(1),
+    help="most events one UsageBatch may hold, at least 1",
 )
 # gRPC takes a message limit below 2 GiB (an int of bytes).
-@click.option("--message-mb-max", type=int, default=16, callback=_within(1, 2047), help="largest gRPC message in MiB")
+@click.option(
+    "--message-mb-max", type=int, default=16, callback=_within(1, 2047), help="largest gRPC message in MiB, 1 to 2047"
+)
 @click.option(
     "--future-skew-s",
     type=int,
     default=300,
     callback=_within(0, FUTURE_SKEW_S_MAX),
-    help="how far in the future an event timestamp may be (seconds, 0 to a year)",
+    help="how far in the future an event timestamp may be, seconds, 0 to 31,622,400 (366 days)",
 )
 @click.option(
-    "--snapshot-every", type=int, default=5_000, callback=_within(1), help="journal records between snapshots"
+    "--snapshot-every",
+    type=int,
+    default=5_000,
+    callback=_within(1),
+    help="journal records between snapshots, at least 1",
 )
 @click.option(
     "--snapshot-every-events",
     type=int,
     default=1_000_000,
     callback=_within(1),
-    help="usage events between snapshots (whichever of the two comes first)",
+    help="usage events between snapshots (whichever of the two comes first), at least 1",
 )
 @click.option(
     "--snapshot-journal-factor",
     type=float,
     default=0.5,
     callback=_within(0.0),
-    help="a snapshot also waits until the journal has taken this many times the last snapshot's bytes (0: no wait)",
+    help="a snapshot also waits until the journal has taken this many times the last snapshot's bytes, 0 or more "
+    "(0: no wait)",
 )
 @click.option(
     "--api-keys",
@@ -197,27 +222,28 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     type=int,
     default=1_000,
     callback=_within(1),
-    help="calls running at once; more: RESOURCE_EXHAUSTED",
+    help="calls running at once, at least 1; more: RESOURCE_EXHAUSTED",
 )
 @click.option(
     "--connection-idle-max",
     default="30m",
     help="how long a client connection with no call open is kept before it is closed (GOAWAY; the client "
-    "connects again on its next call), e.g. 30m, 90s, 500ms; off: kept for good",
+    "connects again on its next call), e.g. 30m, 90s, 500ms, 1 ms to 2,147,483,647 ms (about 24 days); off: kept for "
+    "good",
 )
 @click.option(
     "--intake-mb-max",
     type=int,
     default=256,
     callback=_within(1),
-    help="MiB of usage batches read but not yet answered, all streams together; past it reading waits",
+    help="MiB of usage batches read but not yet answered, all streams together, at least 1; past it reading waits",
 )
 @click.option(
     "--stream-inflight-batches-max",
     type=int,
     default=16,
     callback=_within(1),
-    help="batches of one IngestUsage stream awaiting commit",
+    help="batches of one IngestUsage stream awaiting commit, at least 1",
 )
 @click.option(
     "--otel",
@@ -227,8 +253,9 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
 )
 @click.option(
     "--metrics-port",
-    type=click.IntRange(1, 65535),
-    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics  [default: none]",
+    type=int,
+    callback=_optional(_within(1, 65535)),
+    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, PORT 1 to 65535  [default: none]",
 )
 @click.option("--log-format", type=click.Choice(oplog.LOG_FORMATS), default="text", help="the operator's log on stderr")
 @click.option(
@@ -242,20 +269,22 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     type=float,
     default=oplog.ACTIVITY_EVERY_S_DEFAULT,
     callback=_within(0.001),
-    help="seconds between activity lines (written only when there was activity)",
+    help="seconds between activity lines (written only when there was activity), at least 0.001",
 )
 @click.option(
     "--loop-stall-sample-ms",
-    type=click.FloatRange(min=0.0),
+    type=float,
+    callback=_within(0.0),
     default=0.0,
     show_default="off",
-    help="sample the event loop's longest stall every this many ms, reported in the activity line",
+    help="sample the event loop's longest stall every this many ms, 0 or more (0: off), reported in the activity line",
 )
 @click.option(
     "--clock-look-every-ms",
-    type=click.IntRange(min=1),
+    type=int,
     default=50,
-    help="how often the clock driver looks for due work (holds' TTLs, grants' expiries, rollovers) to journal; "
+    callback=_within(1),
+    help="milliseconds, at least 1: how often the clock driver looks for due work (holds' TTLs, grants' expiries, rollovers) to journal; "
     "reads answer as if it were recorded the instant it is due, and the writer records it before any change",
 )
 @click.option(
@@ -275,14 +304,15 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     type=int,
     default=65_536,
     callback=_within(1, 64 * 1024 * 1024),
-    help="the explain index's LMDB map size in MiB (65,536 held about 270,000,000 events); grows the map when raised",
+    help="the explain index's LMDB map size in MiB, 1 to 67,108,864 (65,536 held about 270,000,000 events); grows the "
+    "map when raised",
 )
 @click.option(
     "--reservation-ttl-max-s",
     type=float,
     default=3600.0,
     callback=_within(0.001, RESERVATION_TTL_MAX_S_MAX),
-    help="the longest reservation_ttl Authorize(reserve=true) may ask, in seconds (0.001 to a Duration's 315576000000);"
+    help="the longest reservation_ttl Authorize(reserve=true) may ask, in seconds, 0.001 to 315,576,000,000 (a Duration's range);"
     " longer is INVALID_ARGUMENT (a request naming none gets 60 s, or this when shorter)",
 )
 def serve(
@@ -490,12 +520,12 @@ def _restricted_to(customers: str | None) -> list[str]:
     if not ids:
         raise click.BadParameter(
             f"{customers!r} names no customer (leave --customers out for a key that may touch every customer)",
-            param_hint="--customers",
+            param_hint="'--customers'",
         )
     for customer_id in ids:
         if not is_id(customer_id):
             raise click.BadParameter(
-                f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="--customers"
+                f"{customer_id!r} is not a customer id (1-128 letters, digits and ._:@-)", param_hint="'--customers'"
             )
     return ids
 

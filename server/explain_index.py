@@ -47,6 +47,7 @@ from typing import Any, cast
 import lmdb
 
 from engine._kernel import Kernel, explain_block, explain_chunk_line, explain_period_key
+from server.journal import map_size_refused, why_not_a_directory
 from server.scheduling import GilHandover
 
 log = logging.getLogger("tariff.explain")
@@ -170,11 +171,31 @@ def _names(value: bytes, line_key: bytes, layout2: bool) -> bool:
     return any(value[start : start + 2] == prefix for start in range(at, at + 2 * count, 2))
 
 
+def _unopenable(path: Path, exc: lmdb.Error, map_size_bytes: int) -> str:
+    """Why the index cannot open, and what to do. A map too large (the file is the map, written in place: ext4 takes
+    16 TiB at most) is the flag's doing, not the index's: removing the index would not help, and would cost a replay
+    of the whole journal once the flag is right."""
+    if map_size_refused(exc):
+        return (
+            f"cannot open the explain index at {path}: {exc}: --explain-map-mb {map_size_bytes // 2**20} is more than "
+            "this file system or machine can map; start with a smaller one"
+        )
+    return (
+        f"cannot open the explain index at {path}: {exc}; it is rebuilt from the journal: remove {path} and start again"
+    )
+
+
 class ExplainIndex:
     """The index on its LMDB environment, and the thread that writes it (see the module docstring)."""
 
     def __init__(self, path: Path, *, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way (FileExistsError), ...: nothing was written
+            raise IndexUnopenable(
+                f"cannot open the explain index at {path}: {why_not_a_directory(exc)}; it is rebuilt from the journal: remove "
+                f"{path} and start again"
+            ) from None
         # No fsync: the index is rebuilt from the journal, and LMDB without sync still never corrupts itself.
         # writemap: a put dirties pages of the map in place instead of copying them out at commit.
         # readahead=False (MADV_RANDOM on the map): with readahead a fault fills the page cache in large folios (2 MB
@@ -192,10 +213,7 @@ class ExplainIndex:
                 lock=True,
             )
         except lmdb.Error as exc:
-            raise IndexUnopenable(
-                f"cannot open the explain index at {path}: {exc}; it is rebuilt from the journal: remove {path} and "
-                "start again"
-            ) from None
+            raise IndexUnopenable(_unopenable(path, exc, map_size_bytes)) from None
         with self._env.begin(write=True) as txn:
             self._meta = self._env.open_db(_META_DB, txn=txn)
             self._chunks = self._env.open_db(_CHUNKS_DB, txn=txn)

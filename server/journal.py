@@ -147,6 +147,26 @@ class JournalUnopenable(Exception):
     """LMDB could not open the store (not an LMDB file, unreadable, ...): nothing was read or written."""
 
 
+def why_not_a_directory(exc: OSError) -> str:
+    """Why a directory of the data directory cannot be made, in the operator's words."""
+    return "a file is in the way, not a directory" if isinstance(exc, FileExistsError) else str(exc.strerror)
+
+
+def map_size_refused(exc: lmdb.Error) -> bool:
+    """Whether LMDB refused a map for its size: more address space than the process has (ENOMEM), or, a map written
+    in place, a file larger than the file system takes (EFBIG: ext4's largest is 16 TiB). py-lmdb gives no errno,
+    only MemoryError for the first and the message's strerror for both."""
+    reasons = (os.strerror(errno.ENOMEM), os.strerror(errno.EFBIG))
+    return isinstance(exc, lmdb.MemoryError) or str(exc).endswith(reasons)
+
+
+def _map_advice(exc: lmdb.Error, map_size_bytes: int) -> str:
+    """What the start's refusal adds when the map's size is the cause: the flag that set it, to set smaller."""
+    if not map_size_refused(exc):
+        return ""
+    return f": --map-size-mb {map_size_bytes // 2**20} is more than this machine can map; start with a smaller one"
+
+
 class JournalFull(Exception):
     """The LMDB map is full: the commit wrote nothing. Grow --map-size-mb and restart."""
 
@@ -452,7 +472,10 @@ class LmdbJournal:
             raise ValueError(f"map_size_bytes must be positive, got {map_size_bytes}")
         self._path = path
         requested_bytes = -(-map_size_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way (FileExistsError), ...: nothing was written
+            raise JournalUnopenable(f"cannot open the journal at {path}: {why_not_a_directory(exc)}") from None
         existing = (path / "data.mdb").exists()
         # LMDB does not keep a bigger stored map by itself: an explicit smaller map_size shrinks
         # it (down to the used pages). map_size=0 adopts the stored size, then we grow if asked.
@@ -469,11 +492,22 @@ class LmdbJournal:
                 lock=True,
             )
         except lmdb.Error as exc:
-            raise JournalUnopenable(f"cannot open the journal at {path}: {exc}") from None
+            if not existing:
+                # LMDB may have written the new file's first page, the map asked for in it, before the map failed:
+                # every later start would adopt that map (map_size=0 above) and fail alike. It holds nothing.
+                for name in ("data.mdb", "lock.mdb"):
+                    (path / name).unlink(missing_ok=True)
+            advice = _map_advice(exc, map_size_bytes) if not existing else ""
+            raise JournalUnopenable(f"cannot open the journal at {path}: {exc}{advice}") from None
         try:
             if env.info()["map_size"] < requested_bytes:
                 # Safe only here: set_mapsize invalidates every open transaction in the process.
-                env.set_mapsize(requested_bytes)
+                try:
+                    env.set_mapsize(requested_bytes)
+                except lmdb.Error as exc:  # the file is as it was: a smaller map, or the old one, serves it
+                    raise JournalUnopenable(
+                        f"cannot grow the journal's map at {path}: {exc}{_map_advice(exc, map_size_bytes)}"
+                    ) from None
             with env.begin(write=True) as txn:
                 self._records_db = env.open_db(_RECORDS_DB, txn=txn)
                 self._snapshots_db = env.open_db(_SNAPSHOTS_DB, txn=txn)

@@ -22,7 +22,7 @@ from typing import Any
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ACTIVITY_EVERY_S_DEFAULT = 60.0
-COMMIT_SAMPLES_MAX = 100_000  # commit times kept per activity interval for the p99 (a few MB at most)
+COMMIT_SAMPLES_MAX = 100_000  # commit times kept per activity interval for the p99 (a few MB at most; see committed)
 
 log = logging.getLogger("tariff")
 
@@ -97,13 +97,21 @@ class Activity:
     duplicates: int = 0
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     admin_changes: int = 0
-    commit_ms: list[float] = field(default_factory=list)
+    commit_ms: list[float] = field(default_factory=list)  # at most COMMIT_SAMPLES_MAX of them, for the p99
+    commits: int = 0  # every one, however many commit_ms keeps
+    commit_stride: int = 1  # commit_ms keeps every commit_stride-th commit time, doubled each time it fills
     streams_open: int = 0
     since_monotonic: float = field(default_factory=time.monotonic)
 
     def committed(self, commit_ms: float) -> None:
-        if len(self.commit_ms) < COMMIT_SAMPLES_MAX:
+        """One group commit. Its time is kept at a stride that doubles when the kept times fill (every other one is
+        dropped then), so the p99 reads the whole interval however busy, in bounded memory."""
+        self.commits += 1
+        if (self.commits - 1) % self.commit_stride == 0:
             self.commit_ms.append(commit_ms)
+            if len(self.commit_ms) >= COMMIT_SAMPLES_MAX:
+                del self.commit_ms[1::2]
+                self.commit_stride *= 2
 
     def batch(self, accepted: int, duplicates: int, rejected_by_reason: collections.Counter[str]) -> None:
         self.accepted += accepted
@@ -111,7 +119,7 @@ class Activity:
         self.rejected.update(rejected_by_reason)
 
     def busy(self) -> bool:
-        return bool(self.accepted or self.duplicates or self.rejected or self.admin_changes or self.commit_ms)
+        return bool(self.accepted or self.duplicates or self.rejected or self.admin_changes or self.commits)
 
     def report(self, journal_bytes: Callable[[], int]) -> dict[str, Any] | None:
         """The fields of an activity line, and a fresh interval; None when nothing happened since the last."""
@@ -125,14 +133,15 @@ class Activity:
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": ",".join(f"{k}:{v}" for k, v in sorted(self.rejected.items())) or "none",
             "admin_changes": self.admin_changes,
-            "commits": len(self.commit_ms),
+            "commits": self.commits,
             "commit_p99_ms": round(_p99(self.commit_ms), 2),
             "journal_bytes": journal_bytes(),
             "streams": self.streams_open,
         }
-        self.accepted = self.duplicates = self.admin_changes = 0
+        self.accepted = self.duplicates = self.admin_changes = self.commits = 0
         self.rejected = collections.Counter()
         self.commit_ms = []
+        self.commit_stride = 1
         self.since_monotonic = now
         return fields if busy else None
 

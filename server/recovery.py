@@ -181,7 +181,7 @@ class _RecoveryProgress:
             self.next_at = now + self.every_s
             oplog.line(
                 "recovery in progress",
-                replayed=seq - self.from_seq,
+                replayed=seq - 1 - self.from_seq,  # record `seq` is next: those before it are done
                 of=self.to_seq - self.from_seq,
                 seq=seq,
                 last_seq=self.to_seq,
