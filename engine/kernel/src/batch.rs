@@ -32,7 +32,7 @@ pub struct Batch<'a> {
 
 /// Either a batch read in place or, when the walker stepped aside, the one prost decoded (which
 /// the caller keeps alive in `owned`).
-pub fn read<'a>(bytes: &'a [u8], owned: &'a mut Option<wire::UsageBatch>) -> Result<Batch<'a>, NotABatch> {
+pub fn read<'a>(bytes: &'a [u8], owned: &'a mut Option<wire::UsageBatch>) -> Result<Batch<'a>, Box<NotABatch>> {
     if let Some(batch) = Batch::walk(bytes) {
         return Ok(batch);
     }

@@ -31,6 +31,7 @@ use crate::invoice::{CreditWanted, GrantCredit, NoLines, PeriodLines};
 use crate::kernel::{self, BatchRefusal};
 use crate::snapshot::segment::Chunks;
 use crate::tables::VersionTable;
+use crate::undecodable::NotABatch;
 
 pyo3::create_exception!(_kernel, BatchTooLarge, PyValueError, "A batch with more events than the server takes.");
 pyo3::create_exception!(_kernel, BatchIdTooLong, PyValueError, "A batch whose batch_id is over 256 bytes.");
@@ -319,7 +320,10 @@ impl Kernel {
                 let reasons = i.rejected.iter().map(|r| r.name()).collect();
                 Ok((PyBytes::new(py, &i.ack), PyBytes::new(py, &i.digest), i.accepted, i.duplicates, reasons))
             }
-            Err(BatchRefusal::NotABatch(refused)) => Err(BatchNotDecodable::new_err((refused.field, refused.message))),
+            Err(BatchRefusal::NotABatch(refused)) => {
+                let NotABatch { field, message } = *refused;
+                Err(BatchNotDecodable::new_err((field, message)))
+            }
             Err(BatchRefusal::TooManyEvents(events)) => Err(BatchTooLarge::new_err(events)),
             Err(BatchRefusal::BatchIdTooLong(bytes)) => Err(BatchIdTooLong::new_err(bytes)),
             Err(BatchRefusal::CustomerNotAllowed(index, customer)) => {

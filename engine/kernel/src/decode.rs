@@ -169,9 +169,11 @@ impl<'a> EventView<'_, 'a> {
 }
 
 /// The whole batch as prost reads it: the slow path, and what decides a malformed batch's error (which
-/// names the event and field prost refused: crate::undecodable).
-pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, NotABatch> {
-    wire::UsageBatch::decode(bytes).map_err(|e| NotABatch::of(bytes, &e))
+/// names the event and field prost refused: crate::undecodable). Boxed: a refusal is rare, and a
+/// Result no larger than before keeps `batch::read`'s good path as short as it was (the kernel spike,
+/// 60 batches, 10,000 customers, 2 regions: 7,115 instructions an event, 7,133 with it inline).
+pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, Box<NotABatch>> {
+    wire::UsageBatch::decode(bytes).map_err(|e| Box::new(NotABatch::of(bytes, &e)))
 }
 
 /// Python's repr of a string, for messages ('key', or "it's"), every character Python's repr escapes escaped as it

@@ -39,7 +39,7 @@ pub struct Ingested {
 #[derive(Debug)]
 pub enum BatchRefusal {
     /// The bytes are not a UsageBatch: where prost refused them, and its message.
-    NotABatch(NotABatch),
+    NotABatch(Box<NotABatch>),
     TooManyEvents(usize),
     CustomerNotAllowed(usize, String),
     /// The batch_id's length in bytes, over TEXT_BYTES_MAX (see `Kernel::batch_ids_bounded`).

@@ -166,7 +166,7 @@ mod tests {
     }
 
     fn refusal(bytes: &[u8]) -> NotABatch {
-        decode_batch(bytes).expect_err("refused")
+        *decode_batch(bytes).expect_err("refused")
     }
 
     #[test]
