@@ -1,0 +1,580 @@
+"""README "Invoices and revenue", statement by statement, over the wire: the claims with amounts and edges that the
+earlier audits (test_audit_invoices*, _revenue*, _docinvoices, _periods*, _monthend) leave unpinned. Every expected
+figure is worked out by hand in the test's docstring, none read back from the server.
+
+One server for the module (`--close-grace off`: nothing closes by itself), usage dated in January and February 2026,
+long over. Products `u` and `w` (SUM of `n`, pricing dimension `k`). Rate card `cr` (credits) prices both at 1 a
+unit; `usd` (pricing unit USD) prices `u` at 0.123456789012 a unit; `rr` (credits, for the re-ratings) prices `u`
+at 1. Each test has customers of its own, so the module's tests do not depend on each other's order; the module's
+customers bill in many currencies, so every revenue report here names its customer."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from tests.audit_fixtures import HOUR_MS, open_contract, preview, refusal, serving
+from tests.serverproc import ServerProcess
+from tests.test_audit_invoices2_wire import give
+from tests.test_audit_invoices_wire import FEB, JAN, MAR, ms, ts
+from tests.test_cli import tariff
+
+DAY_MS = 24 * HOUR_MS
+YEAR_2025 = ms("2025-01-01T00:00:00")
+# README "Minor units": the codes of each number of decimal places but 2, as the README lists them.
+ZERO_PLACES = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
+THREE_PLACES = "BHD IQD JOD KWD LYD OMR TND".split()
+FOUR_PLACES = "CLF UYW".split()
+TWO_PLACES = "USD EUR GBP".split()
+
+
+def _product(client: TariffClient, product_id: str) -> None:
+    product = pricing_pb2.Product(
+        id=product_id,
+        name=product_id,
+        event_type=product_id,
+        aggregation=pricing_pb2.SUM,
+        value_key="n",
+        pricing_dimensions=["k"],
+        unit="units",
+    )
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+
+
+def _unit(product_id: str, price: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(product_id=product_id, unit=pricing_pb2.UnitPrice(price=price))
+
+
+def _card(client: TariffClient, card: str, pricing_unit: str, rates: list[pricing_pb2.Rate]) -> None:
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=card, name=card, pricing_unit=pricing_unit))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, upsert_rates=rates))
+    _publish(client, card, 1, YEAR_2025)
+
+
+def _publish(client: TariffClient, card: str, version: int, effective_ms: int) -> None:
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id=card, version=version, effective_from=ts(effective_ms))
+    )
+
+
+def _catalogue(client: TariffClient) -> None:
+    _product(client, "u")
+    _product(client, "w")
+    _card(client, "cr", "credits", [_unit("u", "1"), _unit("w", "1")])
+    _card(client, "usd", "USD", [_unit("u", "0.123456789012")])
+    _card(client, "rr", "credits", [_unit("u", "1")])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("audit-invoicedoc") / "data", extra_args=["--close-grace", "off"])
+    yield from serving(process, _catalogue)
+
+
+def _customer(
+    client: TariffClient, who: str, currency: str, overage_price: str, *, card: str = "cr", start_ms: int = JAN
+) -> str:
+    made = open_contract(
+        client, who, f"{who}-c", start_ms, rate_card_id=card, currency=currency, overage_price=overage_price
+    )
+    return str(made.id)
+
+
+def _event(who: str, tx: str, product_id: str, k: str, n: float, at_ms: int) -> usage_pb2.UsageEvent:
+    event = usage_pb2.UsageEvent(
+        transaction_id=tx, customer_id=who, event_type=product_id, timestamp_ms=at_ms, dimensions={"k": k}
+    )
+    event.values["n"] = n
+    return event
+
+
+def _send(client: TariffClient, *events: usage_pb2.UsageEvent) -> None:
+    ack = client.ingest_batch(list(events), f"batch-{events[0].transaction_id}")
+    assert ack.accepted == len(events), ack.rejected
+
+
+def _close(client: TariffClient, who: str, start_ms: int = JAN) -> invoices_pb2.Invoice:
+    closed: invoices_pb2.Invoice = client.invoices.ClosePeriod(
+        invoices_pb2.ClosePeriodRequest(customer_id=who, period_start=ts(start_ms))
+    )
+    return closed
+
+
+def _report(client: TariffClient, who: str, start_ms: int, end_ms: int) -> invoices_pb2.RevenueReport:
+    found: invoices_pb2.RevenueReport = client.invoices.GetRevenueReport(
+        invoices_pb2.GetRevenueReportRequest(period_start=ts(start_ms), period_end=ts(end_ms), customer_id=who)
+    )
+    return found
+
+
+def _due(invoice: invoices_pb2.Invoice) -> tuple[object, ...]:
+    return (
+        invoice.minor_unit,
+        tuple(line.amount_due for line in invoice.lines),
+        invoice.overage_due,
+        invoice.rounding_adjustment,
+        invoice.top_up_purchases,
+        invoice.total_due,
+    )
+
+
+def _in_places(minor_units: int, places: int) -> str:
+    """`minor_units` of a currency with `places` decimals, written with exactly that many ("0.012", "12")."""
+    if not places:
+        return str(minor_units)
+    return f"{minor_units // 10**places}.{minor_units % 10**places:0{places}d}"
+
+
+def test_every_code_of_the_readmes_minor_unit_lists_rounds_half_even_at_its_own_places(server: ServerProcess) -> None:
+    """README "Minor units" and "Amounts", for every code the README lists with 0, 3 or 4 places (and USD, EUR, GBP
+    with 2). Each customer's overage price is 2.5 minor units of its currency a credit (2.5 JPY, 0.025 USD, 0.0025
+    BHD, 0.00025 CLF); lines u;k=a 1 credit, u;k=b 1, u;k=c 5, all overage. Each line's amount_due half-even: 2.5 ->
+    2, 2.5 -> 2, 12.5 -> 12 minor units; overage_due is the exact sum 17.5 rounded once -> 18 (to even, up this
+    time); rounding_adjustment 18 - (2 + 2 + 12) = 2; no top-ups: 0; total_due 18. All written with exactly the
+    currency's places: JPY "2", "18"; USD "0.02", "0.18"; BHD "0.002", "0.018"; CLF "0.0002", "0.0018"."""
+    places = {code: 0 for code in ZERO_PLACES} | {code: 3 for code in THREE_PLACES}
+    places |= {code: 4 for code in FOUR_PLACES} | {code: 2 for code in TWO_PLACES}
+    with server.client() as client:
+        drafts = {}
+        for code, decimals in places.items():
+            who = f"mu-{code.lower()}"
+            price = "2.5" if not decimals else "0." + "0" * (decimals - 1) + "25"
+            _customer(client, who, code, price)
+            _send(
+                client,
+                *(_event(who, f"{who}-{k}", "u", k, n, JAN + DAY_MS) for k, n in (("a", 1), ("b", 1), ("c", 5))),
+            )
+            drafts[code] = preview(client, who, JAN)
+    assert {code: _due(draft) for code, draft in drafts.items()} == {
+        code: (
+            decimals,
+            (_in_places(2, decimals), _in_places(2, decimals), _in_places(12, decimals)),
+            _in_places(18, decimals),
+            _in_places(2, decimals),
+            _in_places(0, decimals),
+            _in_places(18, decimals),
+        )
+        for code, decimals in places.items()
+    }
+    assert {draft.currency for draft in drafts.values()} == set(places)
+
+
+def test_amounts_due_keep_their_trailing_zeros_and_a_zero_place_currency_has_no_point(server: ServerProcess) -> None:
+    """README "Minor units": amounts due are written with exactly the currency's places ("12.30", "1500"). USD at
+    4.1 a credit, 3 credits of overage: 12.3 -> "12.30" (not "12.3"); JPY at 1 a credit, 1,500 credits: "1500" (not
+    "1500.0" or "1.5E+3"), with its rounding_adjustment "0" and top_up_purchases "0"; USD's "0.00"."""
+    with server.client() as client:
+        _customer(client, "tz-usd", "USD", "4.1")
+        _customer(client, "tz-jpy", "JPY", "1")
+        _send(client, _event("tz-usd", "tz-usd-1", "u", "a", 3, JAN + DAY_MS))
+        _send(client, _event("tz-jpy", "tz-jpy-1", "u", "a", 1500, JAN + DAY_MS))
+        usd, jpy = preview(client, "tz-usd", JAN), preview(client, "tz-jpy", JAN)
+    assert _due(usd) == (2, ("12.30",), "12.30", "0.00", "0.00", "12.30")
+    assert _due(jpy) == (0, ("1500",), "1500", "0", "0", "1500")
+
+
+def test_a_card_priced_in_usd_bills_its_lines_exact_at_12_places_and_rounds_only_what_is_due(
+    server: ServerProcess,
+) -> None:
+    """README "Amounts": line amounts, subtotal and overage_amount are in the rate card's pricing unit, exact at 12
+    places and never rounded, where the pricing unit is a currency too. Card `usd` prices u at 0.123456789012 USD:
+    u;k=a 3 units = 0.370370367036, u;k=b 1 unit = 0.123456789012; subtotal and overage 0.493827156048 (no grant).
+    Contract in USD at 1 a unit of overage: the lines owe 0.37 and 0.12 (half-even to the cent), overage_due the
+    exact 0.493827156048 rounded once, 0.49; adjustment 0.49 - 0.49 = 0.00."""
+    with server.client() as client:
+        _customer(client, "pu", "USD", "1", card="usd")
+        _send(client, _event("pu", "pu-1", "u", "a", 3, JAN + DAY_MS), _event("pu", "pu-2", "u", "b", 1, JAN + DAY_MS))
+        draft = preview(client, "pu", JAN)
+    assert (draft.pricing_unit, draft.currency) == ("USD", "USD")
+    assert [(line.line_id, line.amount, line.overage, line.amount_due) for line in draft.lines] == [
+        ("u;k=a", "0.370370367036", "0.370370367036", "0.37"),
+        ("u;k=b", "0.123456789012", "0.123456789012", "0.12"),
+    ]
+    assert (draft.subtotal, draft.overage_amount, draft.overage_due, draft.rounding_adjustment, draft.total_due) == (
+        "0.493827156048",
+        "0.493827156048",
+        "0.49",
+        "0.00",
+        "0.49",
+    )
+
+
+def test_two_top_up_purchases_of_half_a_cent_are_due_as_one_cent_and_sold_at_their_exact_cost(
+    server: ServerProcess,
+) -> None:
+    """README "Amounts": top_up_purchases sums the purchases exactly and rounds once ("two purchases of 0.005 are
+    0.01, not 0.00 + 0.00"); total_due = overage_due + top_up_purchases. Policy: below 0.5 credit, buy up to 1 at
+    0.005 USD a credit, at most 2 a period; overage at 0.004 USD a credit. tp-1 (1 credit) finds no credit: 1 of
+    overage, then the balance (0) buys 1 credit for 0.005; tp-2 (1 credit) draws it, and the empty balance buys
+    another for 0.005. Line u;k=a: amount 2, overage 1, due 0.004 -> 0.00; overage_due 0.00; top_up_purchases 0.01;
+    total_due 0.01. Revenue ("Top-ups"): sold at their cost 0.005 + 0.005 = 0.01, 1 credit drawn at 0.005 a credit
+    recognised 0.005, 0.004 recognised from overage, 0.005 deferred at the end."""
+    with server.client() as client:
+        contract_id = _customer(client, "tp", "USD", "0.004")
+        policy = contracts_pb2.TopUpPolicy(threshold="0.5", recharge_to="1", price_per_credit="0.005", max_per_period=2)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        _send(client, _event("tp", "tp-1", "u", "a", 1, JAN + DAY_MS))
+        _send(client, _event("tp", "tp-2", "u", "a", 1, JAN + 2 * DAY_MS))
+        draft = preview(client, "tp", JAN)
+        report = _report(client, "tp", JAN, FEB)
+    assert [(line.amount, line.overage) for line in draft.lines] == [("2", "1")]
+    assert _due(draft) == (2, ("0.00",), "0.00", "0.00", "0.01", "0.01")
+    rec = report.reconciliation
+    assert (rec.prepaid_sold, rec.recognized_credits, rec.recognized_overage, rec.deferred_end, rec.reconciles) == (
+        "0.01",
+        "0.005",
+        "0.004",
+        "0.005",
+        True,
+    )
+
+
+def _first_of_month(at_ms: int, months_on: int = 0) -> int:
+    moment = datetime.fromtimestamp(at_ms / 1000, UTC)
+    index = moment.year * 12 + moment.month - 1 + months_on
+    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def test_a_preview_without_period_start_is_the_current_period(server: ServerProcess) -> None:
+    """README "Draft = final": PreviewInvoice(customer_id) with period_start unset is the current period's draft.
+    A contract from 2026-01-01 has calendar-month periods, so the current one runs from the first of this month
+    (UTC) to the first of the next; a January event is not on it (its subtotal is 0), and the draft is a DRAFT with
+    no number and no closed_at."""
+    with server.client() as client:
+        _customer(client, "cur", "USD", "1")
+        _send(client, _event("cur", "cur-1", "u", "a", 3, JAN + DAY_MS))
+        before = int(datetime.now(UTC).timestamp() * 1000)
+        draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="cur"))
+        after = int(datetime.now(UTC).timestamp() * 1000)
+    starts = {_first_of_month(before), _first_of_month(after)}
+    assert draft.period_start.ToMilliseconds() in starts
+    assert draft.period_end.ToMilliseconds() == _first_of_month(draft.period_start.ToMilliseconds(), 1)
+    assert (draft.status, draft.invoice_number, draft.HasField("closed_at"), draft.subtotal, list(draft.lines)) == (
+        invoices_pb2.INVOICE_DRAFT,
+        "",
+        False,
+        "0",
+        [],
+    )
+
+
+def test_an_instant_in_both_overlapping_periods_previews_the_new_contracts(server: ServerProcess) -> None:
+    """README "Draft = final": after a switch, an instant in both the old contract's last period (which keeps its
+    monthly end) and the new one's first reads the new one's. sw-a runs from Jan 1 to Jan 15 12:00, sw-b from
+    then (periods from the 15th at 12:00). 1 credit on Jan 2 (sw-a), 2 on Jan 20 (sw-b). Jan 2 previews sw-a's
+    [Jan 1, Feb 1): 1 credit; Jan 20, inside both, previews sw-b's [Jan 15 12:00, Feb 15 12:00): 2 credits; and
+    sw-a's period, named by its start, still ends on Feb 1 and holds only its 1 credit."""
+    switch_ms = JAN + 14 * DAY_MS + 12 * HOUR_MS
+    with server.client() as client:
+        open_contract(client, "sw", "sw-a", JAN, switch_ms, rate_card_id="cr")
+        open_contract(client, "sw", "sw-b", switch_ms, rate_card_id="cr")
+        _send(
+            client,
+            _event("sw", "sw-1", "u", "a", 1, JAN + DAY_MS),
+            _event("sw", "sw-2", "u", "a", 2, JAN + 19 * DAY_MS),
+        )
+        read = [preview(client, "sw", at_ms) for at_ms in (JAN + DAY_MS, JAN + 19 * DAY_MS, JAN)]
+    assert [
+        (d.contract_id, d.period_start.ToMilliseconds(), d.period_end.ToMilliseconds(), d.subtotal) for d in read
+    ] == [
+        ("sw-a", JAN, FEB, "1"),
+        ("sw-b", switch_ms, FEB + 14 * DAY_MS + 12 * HOUR_MS, "2"),
+        ("sw-a", JAN, FEB, "1"),
+    ]
+
+
+def test_a_closed_period_previews_as_its_final_invoice(server: ServerProcess) -> None:
+    """README "Draft = final": "A closed period previews as its final invoice." cl: 2 credits of overage at 1 USD;
+    January closed: its preview, read at any instant of January, is the final invoice ClosePeriod answered (status
+    FINAL, its number, its closed_at) and GetInvoice's, field by field; the draft read before the close differs
+    from it only in invoice_number, status and closed_at."""
+    with server.client() as client:
+        _customer(client, "cl", "USD", "1")
+        _send(client, _event("cl", "cl-1", "u", "a", 2, JAN + DAY_MS))
+        draft = preview(client, "cl", JAN)
+        final = _close(client, "cl")
+        again = preview(client, "cl", JAN + 20 * DAY_MS)
+        got = client.invoices.GetInvoice(invoices_pb2.GetInvoiceRequest(invoice_number=final.invoice_number))
+    assert (again.status, again.invoice_number) == (invoices_pb2.INVOICE_FINAL, final.invoice_number)
+    assert again == final == got
+    stripped = invoices_pb2.Invoice()
+    stripped.CopyFrom(final)
+    stripped.ClearField("invoice_number")
+    stripped.ClearField("closed_at")
+    stripped.status = invoices_pb2.INVOICE_DRAFT
+    assert stripped == draft
+    assert re.fullmatch(r"INV-\d{8}", final.invoice_number)
+
+
+def test_list_invoices_as_drafts_lists_nothing_and_an_undefined_status_is_refused(server: ServerProcess) -> None:
+    """README "Reads": ListInvoices' status FINAL lists final invoices; DRAFT lists nothing, since drafts are not
+    stored (li has a final January invoice and a running draft); a value the proto does not define (9) is
+    INVALID_ARGUMENT naming `status`; page_size 1,000 is taken."""
+    with server.client() as client:
+        _customer(client, "li", "USD", "1")
+        _send(client, _event("li", "li-1", "u", "a", 1, JAN + DAY_MS), _event("li", "li-2", "u", "a", 1, FEB + DAY_MS))
+        final = _close(client, "li")
+
+        def listed(status: int, page_size: int = 0) -> list[str]:
+            request = invoices_pb2.ListInvoicesRequest(customer_id="li", status=status, page_size=page_size)  # type: ignore[arg-type]
+            return [invoice.invoice_number for invoice in client.invoices.ListInvoices(request).invoices]
+
+        assert listed(invoices_pb2.INVOICE_FINAL) == [final.invoice_number]
+        assert listed(invoices_pb2.INVOICE_STATUS_UNSPECIFIED, 1000) == [final.invoice_number]
+        assert listed(invoices_pb2.INVOICE_DRAFT) == []
+        code, details = refusal(lambda: listed(9))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "status")
+
+
+def test_overage_revenue_is_rounded_to_the_pico_once_per_product_not_per_line(server: ServerProcess) -> None:
+    """README "Recognised from overage": overage x the contract's overage price, rounded half-even to the pico
+    once per customer, period and product. Overage at half a pico of USD a credit: u;k=a 1 credit and u;k=b 1
+    credit are 0.5 + 0.5 = 1 pico for product u (rounded per line they would be 0 + 0); w;k=a 3 credits are 1.5
+    picos -> 2. The customer line's recognized_overage is 3 picos; each invoice line owes 0.00."""
+    with server.client() as client:
+        _customer(client, "po", "USD", "0.0000000000005")
+        _send(
+            client,
+            _event("po", "po-1", "u", "a", 1, JAN + DAY_MS),
+            _event("po", "po-2", "u", "b", 1, JAN + DAY_MS),
+            _event("po", "po-3", "w", "a", 3, JAN + DAY_MS),
+        )
+        draft = preview(client, "po", JAN)
+        report = _report(client, "po", JAN, FEB)
+    assert [line.amount_due for line in draft.lines] == ["0.00", "0.00", "0.00"]
+    assert [(line.product_id, line.recognized_overage) for line in report.lines] == [
+        ("u", "0.000000000001"),
+        ("w", "0.000000000002"),
+    ]
+    assert [line.recognized_overage for line in report.customer_lines] == ["0.000000000003"]
+
+
+def test_deferred_revenue_is_the_paid_value_of_each_invoices_remaining_credit_rounded_cumulatively(
+    server: ServerProcess,
+) -> None:
+    """README "Recognised from credits" and "Deferred": 1 USD paid for 3 credits (bk-g, from Jan 1, no expiry), 1
+    credit drawn in January, 1 in February. January recognises 1 x 1/3 = 0.333333333333 and defers the paid value
+    of the 2 credits its invoice shows remaining, 1 x 2/3 = 0.666666666667; February recognises 1 x 2/3 - 1 x 1/3,
+    each rounded first: 0.666666666667 - 0.333333333333 = 0.333333333334 (not 0.333333333333 again) and defers
+    0.333333333333 (its invoice: 1 remaining). Product u's lines recognise the same and leave deferred empty. Over
+    [Jan, Mar): 0 + 1 sold - 0.666666666667 recognised - 0 broken = 0.333333333333 deferred, reconciling."""
+    with server.client() as client:
+        contract_id = _customer(client, "bk", "USD", "1")
+        give(client, contract_id, "bk-g", "3", "1", starts_at=ts(JAN))
+        _send(client, _event("bk", "bk-1", "u", "a", 1, JAN + DAY_MS), _event("bk", "bk-2", "u", "a", 1, FEB + DAY_MS))
+        drafts = [preview(client, "bk", at_ms) for at_ms in (JAN, FEB)]
+        report = _report(client, "bk", JAN, MAR)
+    assert [[(b.drawn, b.remaining, b.expired) for b in d.grant_balances] for d in drafts] == [
+        [("1", "2", "0")],
+        [("2", "1", "0")],
+    ]
+    assert [(line.recognized_credits, line.deferred) for line in report.customer_lines] == [
+        ("0.333333333333", "0.666666666667"),
+        ("0.333333333334", "0.333333333333"),
+    ]
+    assert [(p.product_id, p.recognized_credits, p.deferred) for p in report.lines] == [
+        ("u", "0.333333333333", ""),
+        ("u", "0.333333333334", ""),
+    ]
+    rec = report.reconciliation
+    assert (rec.prepaid_sold, rec.recognized_credits, rec.breakage, rec.deferred_end, rec.reconciles) == (
+        "1",
+        "0.666666666667",
+        "0",
+        "0.333333333333",
+        True,
+    )
+
+
+def test_revenue_attributes_a_period_to_the_span_its_start_falls_in(server: ServerProcess) -> None:
+    """README "Reconciliation": a period belongs to the span its start falls in. an's contract starts Jan 15, so
+    its periods run from the 15th; overage at 1 USD: 1 credit on Jan 20 and 2 on Feb 10 (both in the period from
+    Jan 15), 4 on Feb 20 (the period from Feb 15). The span [Jan 1, Feb 1) holds the Jan 15 period alone (3, ending
+    Feb 15); [Feb 1, Mar 1) the Feb 15 period alone (4), not the Jan 15 period's February days."""
+    jan15, feb15, mar15 = JAN + 14 * DAY_MS, FEB + 14 * DAY_MS, MAR + 14 * DAY_MS
+    with server.client() as client:
+        _customer(client, "an", "USD", "1", start_ms=jan15)
+        _send(
+            client,
+            _event("an", "an-1", "u", "a", 1, JAN + 19 * DAY_MS),
+            _event("an", "an-2", "u", "a", 2, FEB + 9 * DAY_MS),
+            _event("an", "an-3", "u", "a", 4, FEB + 19 * DAY_MS),
+        )
+        spans = [_report(client, "an", JAN, FEB), _report(client, "an", FEB, MAR)]
+    assert [
+        [
+            (line.period_start.ToMilliseconds(), line.period_end.ToMilliseconds(), line.recognized)
+            for line in s.customer_lines
+        ]
+        for s in spans
+    ] == [[(jan15, feb15, "3")], [(feb15, mar15, "4")]]
+
+
+def test_a_grant_is_sold_in_the_period_holding_its_starts_at_the_boundary_instant_in_the_next(
+    server: ServerProcess,
+) -> None:
+    """README "Deferred": a grant is sold, and enters deferred revenue, at the start of the billing period
+    containing its starts_at. gs-jan (10 credits, 6 USD paid) starts Jan 20: sold in January; gs-feb (10 credits, 4
+    paid) starts at Feb 1 00:00 exactly, the first instant of February's period: sold in February, not January.
+    Nothing is drawn. [Jan, Feb): deferred 0 + sold 6 = 6 at the end, January's line deferred 6; [Feb, Mar): 6 at
+    the start + 4 sold = 10, February's line deferred 10; both reconcile."""
+    with server.client() as client:
+        contract_id = _customer(client, "gs", "USD", "1")
+        give(client, contract_id, "gs-jan", "10", "6", starts_at=ts(JAN + 19 * DAY_MS))
+        give(client, contract_id, "gs-feb", "10", "4", starts_at=ts(FEB))
+        spans = [_report(client, "gs", JAN, FEB), _report(client, "gs", FEB, MAR)]
+    assert [
+        (
+            s.reconciliation.deferred_start,
+            s.reconciliation.prepaid_sold,
+            s.reconciliation.deferred_end,
+            s.reconciliation.reconciles,
+            [line.deferred for line in s.customer_lines],
+        )
+        for s in spans
+    ] == [("0", "6", "6", True, ["6"]), ("6", "4", "10", True, ["10"])]
+
+
+def test_a_report_over_customers_in_two_currencies_is_refused_and_one_customers_is_at_the_pico(
+    server: ServerProcess,
+) -> None:
+    """README "Revenue": one currency per report, mixed currencies are INVALID_ARGUMENT (ask per customer); every
+    amount is in the currency at 10^-12, not rounded to its minor unit. This module bills customers in USD, JPY
+    and more, so the report over everyone for January is refused; mx (JPY at 2.5 a credit, 1 credit of overage)
+    reports currency JPY and recognises 2.5 yen (its invoice owes 2, half-even to the yen)."""
+    with server.client() as client:
+        _customer(client, "mx", "JPY", "2.5")
+        _customer(client, "mx-usd", "USD", "1")
+        _send(client, _event("mx", "mx-1", "u", "a", 1, JAN + DAY_MS))
+        code, _details = refusal(
+            lambda: client.invoices.GetRevenueReport(
+                invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(FEB))
+            )
+        )
+        report = _report(client, "mx", JAN, FEB)
+        draft = preview(client, "mx", JAN)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (report.currency, [line.recognized for line in report.customer_lines]) == ("JPY", ["2.5"])
+    assert draft.total_due == "2"
+
+
+def _rerated_customer(client: TariffClient) -> None:
+    """ex-r on card rr (u at 1), a 3-credit grant; 2 units of u;k=a at Jan 1 05:00 (2 credits). Then two
+    retroactive publishes: v2 (u at 3) from Jan 1 01:00 and v3 (u at 2) from Jan 1 02:00, each pricing the 05:00
+    bucket again: 2 -> 6 (delta 4), then 6 -> 4 (delta -2)."""
+    contract_id = _customer(client, "ex-r", "USD", "1", card="rr")
+    give(client, contract_id, "ex-g", "3", "3", starts_at=ts(JAN))
+    _send(client, _event("ex-r", "ex-r-1", "u", "a", 2, JAN + 5 * HOUR_MS))
+    for version, price, effective_ms in ((2, "3", JAN + HOUR_MS), (3, "2", JAN + 2 * HOUR_MS)):
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="rr", based_on_version=1, upsert_rates=[_unit("u", price)]
+            )
+        )
+        _publish(client, "rr", version, effective_ms)
+
+
+@pytest.fixture(scope="module")
+def rerated(server: ServerProcess) -> ServerProcess:
+    """The server once ex-r (above) is made and re-rated."""
+    with server.client() as client:
+        _rerated_customer(client)
+    return server
+
+
+def test_a_bucket_re_rated_twice_lists_two_adjustments_oldest_first_that_explain_the_line(
+    rerated: ServerProcess,
+) -> None:
+    """README "Adjustments": a bucket re-rated twice has two adjustments, oldest first (the publishes' journal seqs
+    ascending), each with the old versions, the new one, quantity, events, old and new amounts and delta; they do
+    not add to the line, whose amount (4) and prices (v3: 2 units for 4) already hold the re-rated bucket. Line
+    u;k=a of ex-r: amount 4, credits ex-g 3, overage 1, due 1.00."""
+    with rerated.client() as client:
+        draft = preview(client, "ex-r", JAN)
+    (line,) = draft.lines
+    assert (line.amount, [(c.grant_id, c.credits) for c in line.credits_applied], line.overage, line.amount_due) == (
+        "4",
+        [("ex-g", "3")],
+        "1",
+        "1.00",
+    )
+    assert [(p.version, p.quantity, p.amount) for p in line.prices] == [(3, "2", "4")]
+    adjustments = [
+        (a.hour.ToMilliseconds(), a.rate_card_id, list(a.old_versions), a.new_version, a.quantity, a.events)
+        + (a.old_amount, a.new_amount, a.delta)
+        for a in line.adjustments
+    ]
+    assert adjustments == [
+        (JAN + 5 * HOUR_MS, "rr", [1], 2, "2", 1, "2", "6", "4"),
+        (JAN + 5 * HOUR_MS, "rr", [2], 3, "2", 1, "6", "4", "-2"),
+    ]
+    assert line.adjustments[0].journal_seq < line.adjustments[1].journal_seq
+
+
+CSV_COLUMNS = (
+    "invoice_number, status, customer_id, contract_id, period_start, period_end, pricing_unit, currency, line_id, "
+    "product_id, quantity, events, amount, credits, overage, amount_due, subtotal, overage_due, top_up_purchases, "
+    "rounding_adjustment, total_due, closed_at"
+).split(", ")
+LINE_COLUMNS = ("line_id", "product_id", "quantity", "events", "amount", "credits", "overage", "amount_due")
+
+
+def test_the_csv_export_writes_the_readmes_columns_an_empty_invoices_row_and_leaves_adjustments_to_json(
+    rerated: ServerProcess,
+) -> None:
+    """README's CSV export: its columns in the README's order; an invoice without lines has one row, its line
+    columns empty; times as `YYYY-MM-DD HH:MM:SSZ` (closed_at to the millisecond when it has a fraction); amounts
+    as on the wire, `credits` the line's credits from all grants; the rows' amount_due + rounding_adjustment +
+    top_up_purchases = total_due. ex-e has a contract and no usage: one row, subtotal 0, total_due 0.00. ex-r's
+    re-rated line (above): one row, amount 4, credits 3, overage 1, amount_due 1.00, total_due 1.00, and no
+    adjustment in the CSV; the JSON export holds both adjustments (deltas 4 and -2)."""
+    server = rerated
+    with server.client() as client:
+        _customer(client, "ex-e", "USD", "1")
+        _close(client, "ex-e")
+        _close(client, "ex-r")
+    rows = {
+        who: list(
+            csv.reader(
+                io.StringIO(tariff(server, "invoices", "export", "--period", "2026-01", "--customer", who).stdout)
+            )
+        )
+        for who in ("ex-e", "ex-r")
+    }
+    assert {who: found[0] for who, found in rows.items()} == {"ex-e": CSV_COLUMNS, "ex-r": CSV_COLUMNS}
+    (empty,) = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows["ex-e"][1:]]
+    (rerated,) = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows["ex-r"][1:]]
+    assert [empty[column] for column in LINE_COLUMNS] == [""] * len(LINE_COLUMNS)
+    assert (empty["status"], empty["period_start"], empty["period_end"], empty["subtotal"], empty["total_due"]) == (
+        "INVOICE_FINAL",
+        "2026-01-01 00:00:00Z",
+        "2026-02-01 00:00:00Z",
+        "0",
+        "0.00",
+    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{3})?Z", empty["closed_at"]), empty["closed_at"]
+    assert [rerated[c] for c in ("line_id", "amount", "credits", "overage", "amount_due", "total_due")] == [
+        "u;k=a",
+        "4",
+        "3",
+        "1",
+        "1.00",
+        "1.00",
+    ]
+    exported = json.loads(
+        tariff(server, "invoices", "export", "--period", "2026-01", "--customer", "ex-r", "--format", "json").stdout
+    )
+    (invoice,) = exported["invoices"]
+    assert [(a["old_amount"], a["new_amount"], a["delta"]) for a in invoice["lines"][0]["adjustments"]] == [
+        ("2", "6", "4"),
+        ("6", "4", "-2"),
+    ]
