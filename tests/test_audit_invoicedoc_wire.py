@@ -578,3 +578,98 @@ def test_the_csv_export_writes_the_readmes_columns_an_empty_invoices_row_and_lea
         ("2", "6", "4"),
         ("6", "4", "-2"),
     ]
+
+
+def test_list_invoices_reads_a_page_size_over_1000_as_1000(server: ServerProcess) -> None:
+    """README "Reads": ListInvoices' page_size is up to 1,000 (100 by default), and README "Why was I charged
+    this?" says the paged lists read a larger one as 1,000 (where ExplainLineItem refuses it): page_size 5,000
+    answers pg's one final invoice, no refusal."""
+    with server.client() as client:
+        _customer(client, "pg", "USD", "1")
+        final = _close(client, "pg")
+        listed = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="pg", page_size=5000))
+    assert ([i.invoice_number for i in listed.invoices], listed.next_page_token) == ([final.invoice_number], "")
+
+
+def test_overage_at_an_18_place_price_is_due_from_the_exact_sum(server: ServerProcess) -> None:
+    """README "Amounts": a line's amount_due is its overage x overage_price rounded half-even; overage_due the exact
+    sum of the unrounded amounts, rounded once. Overage price 0.333333333333333333 USD (18 places); three lines of 1
+    credit: each owes 0.333333333333333333 -> 0.33; their exact sum 0.999999999999999999 -> 1.00 (0.99 had each
+    line been rounded first); rounding_adjustment 1.00 - 0.99 = 0.01; total_due 1.00. Revenue recognises the
+    overage per product at the pico: 0.999999999999999999 -> 1."""
+    with server.client() as client:
+        _customer(client, "op", "USD", "0.333333333333333333")
+        _send(client, *(_event("op", f"op-{k}", "u", k, 1, JAN + DAY_MS) for k in "abc"))
+        draft = preview(client, "op", JAN)
+        report = _report(client, "op", JAN, FEB)
+    assert draft.overage_price == "0.333333333333333333"
+    assert _due(draft) == (2, ("0.33", "0.33", "0.33"), "1.00", "0.01", "0.00", "1.00")
+    assert [line.recognized_overage for line in report.lines] == ["1"]
+
+
+def test_two_top_ups_of_half_a_ten_thousandth_of_a_clf_are_due_as_one(server: ServerProcess) -> None:
+    """README "Minor units" (CLF, 4 places) with "Amounts" (top-ups summed exactly, rounded once): below 0.5
+    credit buy up to 1 at 0.00005 CLF a credit, at most 2 a period; overage at 0 CLF. Two 1-credit events each
+    leave the balance empty and buy 1 credit (the first after 1 credit of overage, the second after drawing the
+    first purchase): 0.00005 + 0.00005 = 0.0001 due, not 0.0000 + 0.0000; total_due 0.0001."""
+    with server.client() as client:
+        contract_id = _customer(client, "tc4", "CLF", "0")
+        policy = contracts_pb2.TopUpPolicy(
+            threshold="0.5", recharge_to="1", price_per_credit="0.00005", max_per_period=2
+        )
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        _send(client, _event("tc4", "tc4-1", "u", "a", 1, JAN + DAY_MS))
+        _send(client, _event("tc4", "tc4-2", "u", "a", 1, JAN + 2 * DAY_MS))
+        draft = preview(client, "tc4", JAN)
+    assert _due(draft) == (4, ("0.0000",), "0.0000", "0.0000", "0.0001", "0.0001")
+
+
+def test_a_period_starting_off_the_second_is_exported_with_its_milliseconds(server: ServerProcess) -> None:
+    """README CSV export: times are `YYYY-MM-DD HH:MM:SSZ`, with the fractional seconds when there are any. fs's
+    contract starts at 2026-01-01T00:00:00.250Z, so January's period runs to 2026-02-01T00:00:00.250Z: the row
+    reads period_start "2026-01-01 00:00:00.250Z" and period_end "2026-02-01 00:00:00.250Z"."""
+    with server.client() as client:
+        _customer(client, "fs", "USD", "1", start_ms=JAN + 250)
+        final = _close(client, "fs", JAN + 250)
+    assert (final.period_start.ToMilliseconds(), final.period_end.ToMilliseconds()) == (JAN + 250, FEB + 250)
+    rows = list(
+        csv.DictReader(
+            io.StringIO(tariff(server, "invoices", "export", "--period", "2026-01", "--customer", "fs").stdout)
+        )
+    )
+    assert [(row["period_start"], row["period_end"]) for row in rows] == [
+        ("2026-01-01 00:00:00.250Z", "2026-02-01 00:00:00.250Z")
+    ]
+
+
+def test_a_grant_starting_before_every_contract_is_sold_in_the_customers_first_period(server: ServerProcess) -> None:
+    """README "Deferred": a grant starting before every contract is sold in the customer's first period. gb's
+    contract starts Feb 1; grant gb-g (5 credits, 2 USD paid) starts Jan 10: nothing is sold in a span of January
+    (no period of gb starts there), and [Feb, Mar) sells the 2 on February's line (deferred 2), reconciling."""
+    with server.client() as client:
+        contract_id = _customer(client, "gb", "USD", "1", start_ms=FEB)
+        give(client, contract_id, "gb-g", "5", "2", starts_at=ts(JAN + 9 * DAY_MS))
+        january, february = _report(client, "gb", JAN, FEB), _report(client, "gb", FEB, MAR)
+    assert (january.reconciliation.prepaid_sold, list(january.customer_lines)) == ("0", [])
+    rec = february.reconciliation
+    assert (rec.deferred_start, rec.prepaid_sold, rec.deferred_end, rec.reconciles) == ("0", "2", "2", True)
+    assert [(line.period_start.ToMilliseconds(), line.deferred) for line in february.customer_lines] == [(FEB, "2")]
+
+
+def test_a_grant_starting_after_its_contract_ended_inside_its_last_period_is_sold_in_that_period(
+    server: ServerProcess,
+) -> None:
+    """README "Deferred": a grant starting at or after the last contract's ending_before but before its last
+    period's monthly end is sold in that period. ge's only contract runs Jan 1 to Jan 15; grant ge-g (5 credits, 3
+    USD paid) starts Jan 20: January's line (the period keeps its monthly end, Feb 1) sells it and defers 3;
+    nothing is sold in February."""
+    with server.client() as client:
+        made = open_contract(client, "ge", "ge-c", JAN, JAN + 14 * DAY_MS, rate_card_id="cr")
+        give(client, str(made.id), "ge-g", "5", "3", starts_at=ts(JAN + 19 * DAY_MS))
+        report = _report(client, "ge", JAN, MAR)
+    assert [
+        (line.period_start.ToMilliseconds(), line.period_end.ToMilliseconds(), line.deferred)
+        for line in report.customer_lines
+    ] == [(JAN, FEB, "3")]
+    rec = report.reconciliation
+    assert (rec.prepaid_sold, rec.deferred_end, rec.reconciles) == ("3", "3", True)
