@@ -16,13 +16,14 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 
 import grpc
 import pytest
 from tariff import TariffClient
 from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
-from tests.audit_fixtures import HOUR_MS, open_contract, preview, refusal, serving
+from tests.audit_fixtures import HOUR_MS, open_contract, preview, refusal, rejected_in, serving
 from tests.serverproc import ServerProcess
 from tests.test_audit_invoices2_wire import give
 from tests.test_audit_invoices_wire import FEB, JAN, MAR, ms, ts
@@ -31,10 +32,28 @@ from tests.test_cli import tariff
 DAY_MS = 24 * HOUR_MS
 YEAR_2025 = ms("2025-01-01T00:00:00")
 # README "Minor units": the codes of each number of decimal places but 2, as the README lists them.
-ZERO_PLACES = "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
-THREE_PLACES = "BHD IQD JOD KWD LYD OMR TND".split()
-FOUR_PLACES = "CLF UYW".split()
-TWO_PLACES = "USD EUR GBP".split()
+ZERO_PLACES = [
+    "BIF",
+    "CLP",
+    "DJF",
+    "GNF",
+    "ISK",
+    "JPY",
+    "KMF",
+    "KRW",
+    "PYG",
+    "RWF",
+    "UGX",
+    "UYI",
+    "VND",
+    "VUV",
+    "XAF",
+    "XOF",
+    "XPF",
+]
+THREE_PLACES = ["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"]
+FOUR_PLACES = ["CLF", "UYW"]
+TWO_PLACES = ["USD", "EUR", "GBP"]
 
 
 def _product(client: TariffClient, product_id: str) -> None:
@@ -509,8 +528,17 @@ def test_a_bucket_re_rated_twice_lists_two_adjustments_oldest_first_that_explain
     )
     assert [(p.version, p.quantity, p.amount) for p in line.prices] == [(3, "2", "4")]
     adjustments = [
-        (a.hour.ToMilliseconds(), a.rate_card_id, list(a.old_versions), a.new_version, a.quantity, a.events)
-        + (a.old_amount, a.new_amount, a.delta)
+        (
+            a.hour.ToMilliseconds(),
+            a.rate_card_id,
+            list(a.old_versions),
+            a.new_version,
+            a.quantity,
+            a.events,
+            a.old_amount,
+            a.new_amount,
+            a.delta,
+        )
         for a in line.adjustments
     ]
     assert adjustments == [
@@ -520,11 +548,30 @@ def test_a_bucket_re_rated_twice_lists_two_adjustments_oldest_first_that_explain
     assert line.adjustments[0].journal_seq < line.adjustments[1].journal_seq
 
 
-CSV_COLUMNS = (
-    "invoice_number, status, customer_id, contract_id, period_start, period_end, pricing_unit, currency, line_id, "
-    "product_id, quantity, events, amount, credits, overage, amount_due, subtotal, overage_due, top_up_purchases, "
-    "rounding_adjustment, total_due, closed_at"
-).split(", ")
+CSV_COLUMNS = [
+    "invoice_number",
+    "status",
+    "customer_id",
+    "contract_id",
+    "period_start",
+    "period_end",
+    "pricing_unit",
+    "currency",
+    "line_id",
+    "product_id",
+    "quantity",
+    "events",
+    "amount",
+    "credits",
+    "overage",
+    "amount_due",
+    "subtotal",
+    "overage_due",
+    "top_up_purchases",
+    "rounding_adjustment",
+    "total_due",
+    "closed_at",
+]
 LINE_COLUMNS = ("line_id", "product_id", "quantity", "events", "amount", "credits", "overage", "amount_due")
 
 
@@ -532,7 +579,8 @@ def test_the_csv_export_writes_the_readmes_columns_an_empty_invoices_row_and_lea
     rerated: ServerProcess,
 ) -> None:
     """README's CSV export: its columns in the README's order; an invoice without lines has one row, its line
-    columns empty; times as `YYYY-MM-DD HH:MM:SSZ` (closed_at to the millisecond when it has a fraction); amounts
+    columns empty; times as `YYYY-MM-DD HH:MM:SSZ` (closed_at, the close's instant, to the millisecond, its fraction
+    written when it has one); amounts
     as on the wire, `credits` the line's credits from all grants; the rows' amount_due + rounding_adjustment +
     top_up_purchases = total_due. ex-e has a contract and no usage: one row, subtotal 0, total_due 0.00. ex-r's
     re-rated line (above): one row, amount 4, credits 3, overage 1, amount_due 1.00, total_due 1.00, and no
@@ -540,7 +588,7 @@ def test_the_csv_export_writes_the_readmes_columns_an_empty_invoices_row_and_lea
     server = rerated
     with server.client() as client:
         _customer(client, "ex-e", "USD", "1")
-        _close(client, "ex-e")
+        closed_ms = _close(client, "ex-e").closed_at.ToMilliseconds()
         _close(client, "ex-r")
     rows = {
         who: list(
@@ -552,7 +600,7 @@ def test_the_csv_export_writes_the_readmes_columns_an_empty_invoices_row_and_lea
     }
     assert {who: found[0] for who, found in rows.items()} == {"ex-e": CSV_COLUMNS, "ex-r": CSV_COLUMNS}
     (empty,) = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows["ex-e"][1:]]
-    (rerated,) = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows["ex-r"][1:]]
+    (re_rated,) = [dict(zip(CSV_COLUMNS, row, strict=True)) for row in rows["ex-r"][1:]]
     assert [empty[column] for column in LINE_COLUMNS] == [""] * len(LINE_COLUMNS)
     assert (empty["status"], empty["period_start"], empty["period_end"], empty["subtotal"], empty["total_due"]) == (
         "INVOICE_FINAL",
@@ -561,8 +609,10 @@ def test_the_csv_export_writes_the_readmes_columns_an_empty_invoices_row_and_lea
         "0",
         "0.00",
     )
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{3})?Z", empty["closed_at"]), empty["closed_at"]
-    assert [rerated[c] for c in ("line_id", "amount", "credits", "overage", "amount_due", "total_due")] == [
+    closed = datetime.fromtimestamp(closed_ms / 1000, UTC)
+    millis = f".{closed_ms % 1000:03d}" if closed_ms % 1000 else ""
+    assert empty["closed_at"] == closed.strftime("%Y-%m-%d %H:%M:%S") + millis + "Z"
+    assert [re_rated[c] for c in ("line_id", "amount", "credits", "overage", "amount_due", "total_due")] == [
         "u;k=a",
         "4",
         "3",
@@ -673,3 +723,61 @@ def test_a_grant_starting_after_its_contract_ended_inside_its_last_period_is_sol
     ] == [(JAN, FEB, "3")]
     rec = report.reconciliation
     assert (rec.prepaid_sold, rec.deferred_end, rec.reconciles) == ("3", "3", True)
+
+
+def test_a_preview_at_an_instant_without_contract_names_the_ended_contracts_period_holding_it_if_any(
+    server: ServerProcess,
+) -> None:
+    """README "Draft = final": an instant no contract is in force at is FAILED_PRECONDITION, naming the ended
+    contract's period that holds it, if one does. nc-a runs Jan 1 to Jan 15 (its last period keeps its monthly end,
+    Feb 1); nc-b's contract starts Feb 1. Jan 20 (nc-a ended, its period still running) is refused naming the
+    period from 2026-01-01T00:00:00Z of contract nc-a-c; Feb 2 (after that period) and, for nc-b, Jan 10 (before its
+    first contract) are refused naming no period."""
+    with server.client() as client:
+        open_contract(client, "nc-a", "nc-a-c", JAN, JAN + 14 * DAY_MS, rate_card_id="cr")
+        _customer(client, "nc-b", "USD", "1", start_ms=FEB)
+        refused = [
+            refusal(partial(preview, client, who, at_ms))
+            for who, at_ms in (("nc-a", JAN + 19 * DAY_MS), ("nc-a", FEB + DAY_MS), ("nc-b", JAN + 9 * DAY_MS))
+        ]
+    assert [code for code, _details in refused] == [grpc.StatusCode.FAILED_PRECONDITION] * 3
+    named = "the period from 2026-01-01T00:00:00Z of contract 'nc-a-c'"
+    assert [named in details for _code, details in refused] == [True, False, False], refused
+    assert ["period from" in details for _code, details in refused] == [True, False, False], refused
+
+
+def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_invoices_pages_by_100(
+    server: ServerProcess,
+) -> None:
+    """README "Closing" and "Reads" (this test runs last: it closes every ended period of the module). bl's
+    contract starts 2016-01-01: every month from then to the last one before this has ended (131 periods, 2016-01
+    to 2026-11, in December 2026), none closed. CloseDuePeriods closes every ended period of every customer, answering its invoices with the
+    earliest
+    period end first, then by contract id, numbered consecutively in that order; invoices_made counts them. Then
+    ListInvoices of bl with page_size unset answers 100 invoices (by number), and the next page the rest (31 in December 2026); a
+    January event of bl is refused PERIOD_CLOSED."""
+    now = datetime.now(UTC)
+    ended = (now.year - 2016) * 12 + now.month - 1
+    last_ms = _first_of_month(_first_of_month(int(now.timestamp() * 1000)), -1)
+    with server.client() as client:
+        _customer(client, "bl", "USD", "1", start_ms=ms("2016-01-01T00:00:00"))
+        made = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+        first = client.invoices.ListInvoices(invoices_pb2.ListInvoicesRequest(customer_id="bl"))
+        second = client.invoices.ListInvoices(
+            invoices_pb2.ListInvoicesRequest(customer_id="bl", page_token=first.next_page_token)
+        )
+        refused = rejected_in(client, _event("bl", "bl-late", "u", "a", 1, JAN + DAY_MS))
+    shown = [(i.period_end.ToMilliseconds(), i.contract_id) for i in made.invoices]
+    assert (made.invoices_made, made.next_page_token) == (len(made.invoices), "")
+    assert shown == sorted(shown)
+    numbers = [int(i.invoice_number.removeprefix("INV-")) for i in made.invoices]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert sum(1 for i in made.invoices if i.customer_id == "bl") == ended
+    assert (len(first.invoices), len(second.invoices), second.next_page_token) == (100, ended - 100, "")
+    periods = [i.period_start.ToMilliseconds() for i in [*first.invoices, *second.invoices]]
+    assert (periods == sorted(periods), periods[0], periods[-1]) == (
+        True,
+        ms("2016-01-01T00:00:00"),
+        last_ms,
+    )
+    assert refused == [("bl-late", "PERIOD_CLOSED")]
