@@ -5,7 +5,7 @@ figure is worked out by hand in the test's docstring, none read back from the se
 One server for the module (`--close-grace off`: nothing closes by itself), usage dated in January and February 2026,
 long over. Products `u` and `w` (SUM of `n`, pricing dimension `k`). Rate card `cr` (credits) prices both at 1 a
 unit; `usd` (pricing unit USD) prices `u` at 0.123456789012 a unit; `rr` (credits, for the re-ratings) prices `u`
-at 1. Each test has customers of its own, so the module's tests do not depend on each other's order; the module's
+at 1; `jp` (pricing unit JPY) prices `u` at 0.5 a unit. Each test has customers of its own, so the module's tests do not depend on each other's order; the module's
 customers bill in many currencies, so every revenue report here names its customer."""
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def _catalogue(client: TariffClient) -> None:
     _card(client, "cr", "credits", [_unit("u", "1"), _unit("w", "1")])
     _card(client, "usd", "USD", [_unit("u", "0.123456789012")])
     _card(client, "rr", "credits", [_unit("u", "1")])
+    _card(client, "jp", "JPY", [_unit("u", "0.5")])
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +228,24 @@ def test_a_card_priced_in_usd_bills_its_lines_exact_at_12_places_and_rounds_only
     )
 
 
+def test_a_card_priced_in_a_zero_place_currency_keeps_its_line_amounts_finer_than_that_currencys_minor_unit(
+    server: ServerProcess,
+) -> None:
+    """README "Amounts" and "Minor units": only amounts due are rounded to the minor unit; a pricing unit is not,
+    though it be a currency without minor units. Card `jp` prices u at 0.5 JPY: 3 units are a line of 1.5 JPY
+    (not 2), subtotal and overage 1.5; the contract, in JPY at 1 a unit of overage, owes 1.5 -> 2 (half-even);
+    revenue recognises the 1.5 from overage, at the pico."""
+    with server.client() as client:
+        _customer(client, "pj", "JPY", "1", card="jp")
+        _send(client, _event("pj", "pj-1", "u", "a", 3, JAN + DAY_MS))
+        draft = preview(client, "pj", JAN)
+        report = _report(client, "pj", JAN, FEB)
+    assert [(line.amount, line.overage) for line in draft.lines] == [("1.5", "1.5")]
+    assert (draft.pricing_unit, draft.subtotal, draft.overage_amount) == ("JPY", "1.5", "1.5")
+    assert _due(draft) == (0, ("2",), "2", "0", "0", "2")
+    assert [line.recognized_overage for line in report.customer_lines] == ["1.5"]
+
+
 def test_two_top_up_purchases_of_half_a_cent_are_due_as_one_cent_and_sold_at_their_exact_cost(
     server: ServerProcess,
 ) -> None:
@@ -236,7 +255,8 @@ def test_two_top_up_purchases_of_half_a_cent_are_due_as_one_cent_and_sold_at_the
     overage, then the balance (0) buys 1 credit for 0.005; tp-2 (1 credit) draws it, and the empty balance buys
     another for 0.005. Line u;k=a: amount 2, overage 1, due 0.004 -> 0.00; overage_due 0.00; top_up_purchases 0.01;
     total_due 0.01. Revenue ("Top-ups"): sold at their cost 0.005 + 0.005 = 0.01, 1 credit drawn at 0.005 a credit
-    recognised 0.005, 0.004 recognised from overage, 0.005 deferred at the end."""
+    recognised 0.005, 0.004 recognised from overage (recognized = the two, 0.009: invoices.proto RevenueLine), 0.005
+    deferred at the end."""
     with server.client() as client:
         contract_id = _customer(client, "tp", "USD", "0.004")
         policy = contracts_pb2.TopUpPolicy(threshold="0.5", recharge_to="1", price_per_credit="0.005", max_per_period=2)
@@ -247,6 +267,8 @@ def test_two_top_up_purchases_of_half_a_cent_are_due_as_one_cent_and_sold_at_the
         report = _report(client, "tp", JAN, FEB)
     assert [(line.amount, line.overage) for line in draft.lines] == [("2", "1")]
     assert _due(draft) == (2, ("0.00",), "0.00", "0.00", "0.01", "0.01")
+    (line,) = report.customer_lines
+    assert (line.recognized_credits, line.recognized_overage, line.recognized) == ("0.005", "0.004", "0.009")
     rec = report.reconciliation
     assert (rec.prepaid_sold, rec.recognized_credits, rec.recognized_overage, rec.deferred_end, rec.reconciles) == (
         "0.01",
