@@ -397,6 +397,7 @@ def test_overage_revenue_is_rounded_to_the_pico_once_per_product_not_per_line(se
         ("w", "0.000000000002"),
     ]
     assert [line.recognized_overage for line in report.customer_lines] == ["0.000000000003"]
+    assert report.reconciliation.recognized_overage == "0.000000000003"  # not 2.5 picos rounded to 2
 
 
 def test_deferred_revenue_is_the_paid_value_of_each_invoices_remaining_credit_rounded_cumulatively(
@@ -768,6 +769,49 @@ def test_a_preview_at_an_instant_without_contract_names_the_ended_contracts_peri
     assert ["period from" in details for _code, details in refused] == [True, False, False], refused
 
 
+def test_lines_and_credits_applied_run_by_the_bytes_of_their_ids_and_values(server: ServerProcess) -> None:
+    """invoices.proto Invoice.lines (by product_id, then dimension values as UTF-8 bytes) and credits_applied (by
+    grant_id), with README "Lines": products B, a, a10, a9 (card `ord`, 1 credit a unit), each with one unit on k =
+    b, A, é, Z. Byte order, not case-folded nor numeric: B before a, a10 before a9; A (0x41) before Z (0x5A) before
+    b (0x62) before é (0xC3 0xA9). Grants g9, g10, Z, a (1 credit each, made in that order) pay the first four
+    events (a9's, one grant each, in the order they were made: b g9, A g10, é Z, Z a); the invoice's credits_applied
+    runs Z, a, g10, g9, its grant_balances in the order the grants were made."""
+    products = ("B", "a", "a10", "a9")
+    with server.client() as client:
+        for product_id in products:
+            _product(client, product_id)
+        _card(client, "ord", "credits", [_unit(product_id, "1") for product_id in products])
+        contract_id = _customer(client, "by", "USD", "1", card="ord")
+        for grant_id in ("g9", "g10", "Z", "a"):
+            give(client, contract_id, grant_id, "1", "1", starts_at=ts(JAN))
+        _send(
+            client,
+            *(
+                _event("by", f"by-{p}-{k}", p, k, 1, JAN + DAY_MS)
+                for p in ("a9", "a10", "a", "B")
+                for k in ("b", "A", "é", "Z")
+            ),
+        )
+        draft = preview(client, "by", JAN)
+    values = ("A", "Z", "b", "%C3%A9")
+    assert [line.line_id for line in draft.lines] == [f"{p};k={v}" for p in products for v in values]
+    assert {
+        line.line_id: [c.grant_id for c in line.credits_applied] for line in draft.lines if line.credits_applied
+    } == {
+        "a9;k=b": ["g9"],
+        "a9;k=A": ["g10"],
+        "a9;k=%C3%A9": ["Z"],
+        "a9;k=Z": ["a"],
+    }
+    assert [(c.grant_id, c.credits) for c in draft.credits_applied] == [
+        ("Z", "1"),
+        ("a", "1"),
+        ("g10", "1"),
+        ("g9", "1"),
+    ]
+    assert [b.grant_id for b in draft.grant_balances] == ["g9", "g10", "Z", "a"]
+
+
 def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_invoices_pages_by_100(
     server: ServerProcess,
 ) -> None:
@@ -777,7 +821,7 @@ def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_
     earliest
     period end first, then by contract id, numbered consecutively in that order; invoices_made counts them. Then
     ListInvoices of bl with page_size unset answers 100 invoices (by number), and the next page the rest (31 in December 2026); a
-    January event of bl is refused PERIOD_CLOSED."""
+    January event of bl is refused PERIOD_CLOSED, and a second CloseDuePeriods finds nothing due: it makes none."""
     now = datetime.now(UTC)
     ended = (now.year - 2016) * 12 + now.month - 1
     last_ms = _first_of_month(_first_of_month(int(now.timestamp() * 1000)), -1)
@@ -789,6 +833,7 @@ def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_
             invoices_pb2.ListInvoicesRequest(customer_id="bl", page_token=first.next_page_token)
         )
         refused = rejected_in(client, _event("bl", "bl-late", "u", "a", 1, JAN + DAY_MS))
+        again = client.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
     shown = [(i.period_end.ToMilliseconds(), i.contract_id) for i in made.invoices]
     assert (made.invoices_made, made.next_page_token) == (len(made.invoices), "")
     assert shown == sorted(shown)
@@ -803,3 +848,4 @@ def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_
         last_ms,
     )
     assert refused == [("bl-late", "PERIOD_CLOSED")]
+    assert (again.invoices_made, list(again.invoices)) == (0, [])
