@@ -812,6 +812,68 @@ def test_lines_and_credits_applied_run_by_the_bytes_of_their_ids_and_values(serv
     assert [b.grant_id for b in draft.grant_balances] == ["g9", "g10", "Z", "a"]
 
 
+def test_a_switch_off_the_hour_counts_the_boundary_hour_in_the_old_periods_parts_only_and_refuses_re_rating_it(
+    server: ServerProcess,
+) -> None:
+    """README "Lines": after a switch the old contract's last period keeps its monthly end, its parts counting the
+    hours before the switch; the hour holding a period boundary off the hour counts in the earlier period's parts
+    only, so there the parts need not add up to the line, whose own quantity and amount are exact; a retroactive
+    publish that would price such an hour again, or walk a period over one, is FAILED_PRECONDITION naming the
+    customer, the product and the hour, changing nothing; one effective after that period's boundary hours
+    publishes as usual. Card `so` (u at 1); so-a runs from Jan 1 to Jan 15 12:30 (overage 1 USD), so-b from then
+    (overage 2 USD, periods from the 15th at 12:30). u;k=a: 2 units at 12:10 (so-a), 3 at 12:40 and 4 at 14:00
+    (so-b), 1 on Feb 20 (so-b's second period). so-a: line 2 units, 2, due 2.00; parts v1 5 units for 5 (the
+    12:00 bucket holds 2 + 3). so-b's first: line 7 units, 7, due 14.00; parts v1 4 for 4 (only the 14:00 hour:
+    12:00 starts before its period). Version 2 (u at 2) from Jan 11 would price the 12:00 hour again, and from
+    Jan 15 13:00 (after that hour) it would walk so-b's first period from its start over it to re-price the 14:00
+    hour: both are refused naming customer "ps", product "u" and the hour from 2026-01-15T12:00:00Z, the invoices
+    unchanged. From Feb 15 13:00, after the first period's boundary hours, it publishes: the Feb 20 unit is re-rated
+    1 -> 2 (so-b's second period: line 2, due 4.00, parts v2 1 for 2, one adjustment 1 -> 2, delta 1), the other
+    invoices as before."""
+    switch_ms = JAN + 14 * DAY_MS + 12 * HOUR_MS + 30 * 60_000
+    second_ms = FEB + 14 * DAY_MS + 12 * HOUR_MS + 30 * 60_000
+    with server.client() as client:
+        _card(client, "so", "credits", [_unit("u", "1")])
+        open_contract(client, "ps", "so-a", JAN, switch_ms, rate_card_id="so")
+        open_contract(client, "ps", "so-b", switch_ms, rate_card_id="so", overage_price="2")
+        _send(
+            client,
+            _event("ps", "ps-1", "u", "a", 2, switch_ms - 20 * 60_000),
+            _event("ps", "ps-2", "u", "a", 3, switch_ms + 10 * 60_000),
+            _event("ps", "ps-3", "u", "a", 4, switch_ms + 90 * 60_000),
+            _event("ps", "ps-4", "u", "a", 1, FEB + 19 * DAY_MS),
+        )
+
+        def shown() -> list[tuple[object, ...]]:
+            return [
+                (d.contract_id, [(line.quantity, line.amount, line.amount_due) for line in d.lines])
+                + ([(p.version, p.quantity, p.amount) for line in d.lines for p in line.prices],)
+                + ([(a.old_amount, a.new_amount, a.delta) for line in d.lines for a in line.adjustments],)
+                for d in (preview(client, "ps", at_ms) for at_ms in (JAN, switch_ms, second_ms))
+            ]
+
+        before = shown()
+        client.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="so", based_on_version=1, upsert_rates=[_unit("u", "2")])
+        )
+        refused = [
+            refusal(partial(_publish, client, "so", 2, effective_ms))
+            for effective_ms in (JAN + 10 * DAY_MS, JAN + 14 * DAY_MS + 13 * HOUR_MS)
+        ]
+        refused_then = shown()
+        _publish(client, "so", 2, FEB + 14 * DAY_MS + 13 * HOUR_MS)
+        after = shown()
+    assert before == [
+        ("so-a", [("2", "2", "2.00")], [(1, "5", "5")], []),
+        ("so-b", [("7", "7", "14.00")], [(1, "4", "4")], []),
+        ("so-b", [("1", "1", "2.00")], [(1, "1", "1")], []),
+    ]
+    hour = 'customer "ps": product "u": the hour from 2026-01-15T12:00:00Z holds a period boundary off the hour'
+    assert [(code, hour in details) for code, details in refused] == [(grpc.StatusCode.FAILED_PRECONDITION, True)] * 2
+    assert refused_then == before
+    assert after == [*before[:2], ("so-b", [("1", "2", "4.00")], [(2, "1", "2")], [("1", "2", "1")])]
+
+
 def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_invoices_pages_by_100(
     server: ServerProcess,
 ) -> None:
