@@ -846,9 +846,12 @@ def test_a_switch_off_the_hour_counts_the_boundary_hour_in_the_old_periods_parts
 
         def shown() -> list[tuple[object, ...]]:
             return [
-                (d.contract_id, [(line.quantity, line.amount, line.amount_due) for line in d.lines])
-                + ([(p.version, p.quantity, p.amount) for line in d.lines for p in line.prices],)
-                + ([(a.old_amount, a.new_amount, a.delta) for line in d.lines for a in line.adjustments],)
+                (
+                    d.contract_id,
+                    [(line.quantity, line.amount, line.amount_due) for line in d.lines],
+                    [(p.version, p.quantity, p.amount) for line in d.lines for p in line.prices],
+                    [(a.old_amount, a.new_amount, a.delta) for line in d.lines for a in line.adjustments],
+                )
                 for d in (preview(client, "ps", at_ms) for at_ms in (JAN, switch_ms, second_ms))
             ]
 
