@@ -491,20 +491,24 @@ def test_a_report_over_customers_in_two_currencies_is_refused_and_one_customers_
 ) -> None:
     """README "Revenue": one currency per report, mixed currencies are INVALID_ARGUMENT (ask per customer); every
     amount is in the currency at 10^-12, not rounded to its minor unit. This module bills customers in USD, JPY
-    and more, so the report over everyone for January is refused; mx (JPY at 2.5 a credit, 1 credit of overage)
+    and more, so the report over everyone for January is refused (naming customer_id, saying to ask per customer); mx (JPY at 2.5 a credit, 1 credit of overage)
     reports currency JPY and recognises 2.5 yen (its invoice owes 2, half-even to the yen)."""
     with server.client() as client:
         _customer(client, "mx", "JPY", "2.5")
         _customer(client, "mx-usd", "USD", "1")
         _send(client, _event("mx", "mx-1", "u", "a", 1, JAN + DAY_MS))
-        code, _details = refusal(
+        code, details = refusal(
             lambda: client.invoices.GetRevenueReport(
                 invoices_pb2.GetRevenueReportRequest(period_start=ts(JAN), period_end=ts(FEB))
             )
         )
         report = _report(client, "mx", JAN, FEB)
         draft = preview(client, "mx", JAN)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (code, details.split(":")[0], "ask per customer" in details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "customer_id",
+        True,
+    ), details
     assert (report.currency, [line.recognized for line in report.customer_lines]) == ("JPY", ["2.5"])
     assert draft.total_due == "2"
 
