@@ -313,7 +313,8 @@ def test_an_instant_in_both_overlapping_periods_previews_the_new_contracts(serve
     monthly end) and the new one's first reads the new one's. sw-a runs from Jan 1 to Jan 15 12:00, sw-b from
     then (periods from the 15th at 12:00). 1 credit on Jan 2 (sw-a), 2 on Jan 20 (sw-b). Jan 2 previews sw-a's
     [Jan 1, Feb 1): 1 credit; Jan 20, inside both, previews sw-b's [Jan 15 12:00, Feb 15 12:00): 2 credits; and
-    sw-a's period, named by its start, still ends on Feb 1 and holds only its 1 credit."""
+    sw-a's period, named by its start, still ends on Feb 1 and holds only its 1 credit. The switch's last
+    millisecond before (12:00 less 1 ms) reads sw-a's period, the switch instant itself sw-b's."""
     switch_ms = JAN + 14 * DAY_MS + 12 * HOUR_MS
     with server.client() as client:
         open_contract(client, "sw", "sw-a", JAN, switch_ms, rate_card_id="cr")
@@ -323,13 +324,16 @@ def test_an_instant_in_both_overlapping_periods_previews_the_new_contracts(serve
             _event("sw", "sw-1", "u", "a", 1, JAN + DAY_MS),
             _event("sw", "sw-2", "u", "a", 2, JAN + 19 * DAY_MS),
         )
-        read = [preview(client, "sw", at_ms) for at_ms in (JAN + DAY_MS, JAN + 19 * DAY_MS, JAN)]
+        instants = (JAN + DAY_MS, JAN + 19 * DAY_MS, JAN, switch_ms - 1, switch_ms)
+        read = [preview(client, "sw", at_ms) for at_ms in instants]
     assert [
         (d.contract_id, d.period_start.ToMilliseconds(), d.period_end.ToMilliseconds(), d.subtotal) for d in read
     ] == [
         ("sw-a", JAN, FEB, "1"),
         ("sw-b", switch_ms, FEB + 14 * DAY_MS + 12 * HOUR_MS, "2"),
         ("sw-a", JAN, FEB, "1"),
+        ("sw-a", JAN, FEB, "1"),
+        ("sw-b", switch_ms, FEB + 14 * DAY_MS + 12 * HOUR_MS, "2"),
     ]
 
 
