@@ -1,0 +1,489 @@
+"""An acceptance audit of README "Credits and the gateway" (and balance.proto's comments on the same calls), statement
+by statement over the wire, on the edges the earlier audits (test_audit_credits*_wire, test_audit_holds*_wire,
+test_audit_gateway*_wire, test_audit_topup*_wire, test_audit_burnorder_wire, test_audit_balancedoc_wire,
+test_audit_holdretry_wire, test_audit_hold_ttl_wire) leave out: an event or a hold exactly exhausting a grant; a hold
+larger than the balance, then a release and a retry after it was settled; every TTL edge (the maximum exactly, a
+millisecond over it, a millisecond, nanos of a whole second); ReleaseReservation's refusals and the 128-character
+quote; the notices of an event naming a released hold, an unknown 256-byte id, and an id over 256 bytes; an
+AuthorizeBatches message whose in-band refusals answer credits_available "0" beside plain decisions answering the
+credit of their products; one batch crossing a top-up threshold twice; the top-up policy's limits exactly at and one
+step past each bound; a rollover's rounding, its `+` id and a share of 0; a settling event dated exactly at, or a
+millisecond before, the expiry of the grant its hold is on. Amounts are worked out by hand in each docstring, and
+every balance read through rows()/totals() is checked for conservation (per grant amount = drawn + remaining +
+expired while usable, held counted in remaining; amount = drawn + expired + held once expired).
+
+The catalogue is test_audit_credits2_wire's (`work` events feed `units`, `other` events feed `extra`, 1 credit a
+unit), one server for the file (`--close-grace off`: no period closes by itself), each test on customers of its own."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from tariff import TariffClient, TariffError, now_ms
+from tariff.v1 import balance_pb2, contracts_pb2, usage_pb2
+
+from tests.audit_fixtures import open_contract, preview, release, serving
+from tests.serverproc import ServerProcess, wait_for
+from tests.test_audit_credits2_wire import (
+    catalogue,
+    charges,
+    customer,
+    event,
+    grant,
+    hold,
+    hold_request,
+    new_grant,
+    rows,
+    totals,
+    use,
+)
+from tests.test_audit_topups_wire import month_start_ms
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root: Path = tmp_path_factory.mktemp("audit-gatewaydoc")
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+
+
+def refused(call: Callable[[], object]) -> tuple[str, list[str], str]:
+    """(status name, the fields its violations name, its message) of a call that must fail."""
+    with pytest.raises(TariffError) as refusal:
+        call()
+    error = refusal.value
+    return error.code.name, [v.field for v in error.field_violations], error.details
+
+
+def decide(client: TariffClient, request: balance_pb2.AuthorizeRequest) -> tuple[bool, str, str, str, str, str]:
+    """(allowed, reason, estimated_cost, credits_available, reservation_id, message) of one unary Authorize."""
+    answer = client.balance.Authorize(request)
+    return (
+        answer.allowed,
+        answer.reason,
+        answer.estimated_cost,
+        answer.credits_available,
+        answer.reservation_id,
+        answer.message,
+    )
+
+
+def plain(customer_id: str, units: float, event_type: str = "work") -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(customer_id=customer_id, event_type=event_type, values={"n": units})
+
+
+def releasing(client: TariffClient, customer_id: str, reservation_id: str) -> Callable[[], object]:
+    request = balance_pb2.ReleaseReservationRequest(customer_id=customer_id, reservation_id=reservation_id)
+    return lambda: client.balance.ReleaseReservation(request)
+
+
+def notices(ack: usage_pb2.IngestAck) -> list[tuple[str, str, str, str]]:
+    return [(n.transaction_id, n.reservation_id, usage_pb2.NoticeReason.Name(n.reason), n.message) for n in ack.notices]
+
+
+def test_an_event_exactly_exhausting_a_grant_leaves_nothing_and_block_then_denies_even_usage_costing_0(
+    server: ServerProcess,
+) -> None:
+    """BLOCK customer `exh` with one grant of 10. Authorize of 10 units: cost 10 = credit 10, OK (available 10 before
+    it). The event of 10 draws all of it: drawn 10, remaining 0, nothing overage; period_charges 10. Then, with no
+    credit available, proto AuthorizeResponse.estimated_cost: "Under BLOCK such usage is denied INSUFFICIENT_CREDIT
+    while no credit is available to its products, as usage costing 0 is": 0 units (cost 0), an event type feeding no
+    product (answered the whole balance, 0) and 10^-12 of a unit are each denied, available "0"."""
+    with server.client() as client:
+        customer(client, "exh", block=True)
+        grant(client, "exh", "g", "10")
+        assert decide(client, plain("exh", 10))[:4] == (True, "OK", "10", "10")
+        use(client, event("exh-1", "exh", 10))
+        assert rows(client, "exh") == {"g": ("10", "0", "0", "0")}
+        assert totals(client, "exh") == ("0", "0", "0")
+        assert charges(client, "exh") == ("10", "0")
+        denied = "available credit does not cover this usage"
+        assert decide(client, plain("exh", 0)) == (False, "INSUFFICIENT_CREDIT", "0", "0", "", denied)
+        assert decide(client, plain("exh", 1, "feeds-nothing")) == (False, "INSUFFICIENT_CREDIT", "0", "0", "", denied)
+        assert decide(client, plain("exh", 1e-12)) == (
+            False,
+            "INSUFFICIENT_CREDIT",
+            "0.000000000001",
+            "0",
+            "",
+            denied,
+        )
+
+
+def test_a_hold_of_exactly_the_credit_leaves_none_and_its_settlement_at_that_cost_draws_it_all(
+    server: ServerProcess,
+) -> None:
+    """BLOCK customer `hx4` with 4 credits. A hold of 4 units holds all 4 (OK, available 4 - 4 = 0): any further
+    hold, however small (10^-12), is denied and holds nothing. The settling event of 4 units gives the 4 back and draws
+    4: drawn 4, remaining 0, held 0; charged 4, no overage; a release then finds the hold settled."""
+    with server.client() as client:
+        customer(client, "hx4", block=True)
+        grant(client, "hx4", "g", "4")
+        assert hold(client, "hx4", 4, "all") == (True, "OK", "4", "0", "all")
+        assert rows(client, "hx4") == {"g": ("0", "4", "4", "0")}
+        assert hold(client, "hx4", 1e-12, "pico") == (False, "INSUFFICIENT_CREDIT", "0.000000000001", "0", "")
+        assert totals(client, "hx4") == ("4", "4", "0")
+        assert notices(use(client, event("hx4-1", "hx4", 4, reservation_id="all"))) == []
+        assert rows(client, "hx4") == {"g": ("4", "0", "0", "0")}
+        assert charges(client, "hx4") == ("4", "0")
+        code, fields, message = refused(releasing(client, "hx4", "all"))
+        assert (code, fields) == ("FAILED_PRECONDITION", [])
+        assert re.fullmatch(r"reservation 'all' was already settled at \d+: nothing is held", message), message
+
+
+def test_under_allow_a_hold_larger_than_the_balance_then_a_release_and_a_retry_after_its_settlement(
+    server: ServerProcess,
+) -> None:
+    """ALLOW customer `big` with 5 credits. A hold of 8 units: OVERAGE_ALLOWED, estimated_cost 8, the 5 there are held
+    (available 0), the other 3 would be overage and hold nothing; its retry answers the same, with the overage
+    message after "already held". The settling event costs 3: the 5 come back, 3 are drawn: drawn 3, remaining 2,
+    nothing overage. A release is then FAILED_PRECONDITION ("already settled at T"), and a retry of the hold answers
+    its decision and estimate again with the available credit as it is now (2), "already settled at T; nothing is
+    held", the same T, holding nothing."""
+    with server.client() as client:
+        customer(client, "big", block=False)
+        grant(client, "big", "g", "5")
+        overage = "beyond available credit: billed as overage"
+        first = decide(client, hold_request("big", 8, "b1"))
+        assert first == (True, "OVERAGE_ALLOWED", "8", "0", "b1", overage)
+        assert rows(client, "big") == {"g": ("0", "5", "5", "0")}
+        again = decide(client, hold_request("big", 8, "b1"))
+        already = "already held: this reservation was made by an earlier identical request"
+        assert again == (True, "OVERAGE_ALLOWED", "8", "0", "b1", f"{already}; allowed {overage}")
+        use(client, event("big-1", "big", 3, reservation_id="b1"))
+        assert rows(client, "big") == {"g": ("3", "2", "0", "0")}
+        assert charges(client, "big") == ("3", "0")
+        code, _, message = refused(releasing(client, "big", "b1"))
+        settled_at = re.fullmatch(r"reservation 'b1' was already settled at (\d+): nothing is held", message)
+        assert code == "FAILED_PRECONDITION" and settled_at, message
+        after = decide(client, hold_request("big", 8, "b1"))
+        ended = f"this reservation was already settled at {settled_at[1]}; nothing is held; allowed {overage}"
+        assert after == (True, "OVERAGE_ALLOWED", "8", "2", "b1", ended)
+        assert totals(client, "big") == ("2", "0", "2")
+
+
+@pytest.mark.parametrize(
+    ("name", "ttl", "fault"),
+    [
+        ("max", Duration(seconds=3600), ""),
+        ("max-and-1ms", Duration(seconds=3600, nanos=1_000_000), "must be at most 3600 s"),
+        ("1ms", Duration(nanos=1_000_000), ""),
+        ("999ms", Duration(nanos=999_000_000), ""),
+        ("nanos-1e9", Duration(seconds=3599, nanos=1_000_000_000), "nanos must be from -999,999,999 to 999,999,999"),
+        ("999999999ns", Duration(nanos=999_999_999), "must be a whole number of milliseconds"),
+        ("minus-1s-1ms", Duration(seconds=-1, nanos=-1_000_000), "must be positive"),
+        ("zero", Duration(), "must be positive"),
+    ],
+)
+def test_a_ttl_at_each_edge_holds_or_is_refused_naming_reservation_ttl(
+    server: ServerProcess, name: str, ttl: Duration, fault: str
+) -> None:
+    """README "TTL": at most --reservation-ttl-max-s (3,600 by default): 3,600 s exactly holds, a millisecond more
+    is refused; whole milliseconds only (1 ms and 999 ms hold, 999,999,999 ns does not); nanos outside +-999,999,999
+    are not a valid Duration; zero or negative are refused. Customer `ttl-<name>`, ALLOW, 10 credits: a hold of 1
+    leaves 9 available (the maximum's is then released, 1 given back; a hold of 999 ms or less has expired by the
+    time it is released: FAILED_PRECONDITION, 10 available again); a refused one holds nothing (10 available) and
+    names reservation_ttl."""
+    customer_id = f"ttl-{name}"
+    with server.client() as client:
+        customer(client, customer_id, block=False)
+        grant(client, customer_id, "g", "10")
+        request = hold_request(customer_id, 1, "h", ttl=ttl)
+        if not fault:
+            assert hold(client, customer_id, 1, "h", ttl=ttl) == (True, "OK", "1", "9", "h")
+            if ttl.seconds == 3600:
+                assert release(client, customer_id, "h") == "1"
+                return
+            assert wait_for(lambda: totals(client, customer_id) == ("10", "0", "10"), 10)
+            code, _, message = refused(releasing(client, customer_id, "h"))
+            assert code == "FAILED_PRECONDITION" and "was already expired at" in message, message
+            return
+        code, fields, message = refused(lambda: client.balance.Authorize(request))
+        assert (code, fields) == ("INVALID_ARGUMENT", ["reservation_ttl"]) and fault in message, message
+        assert totals(client, customer_id) == ("10", "0", "10")
+
+
+def test_release_refusals_name_their_field_and_quote_at_most_128_characters_of_the_id(server: ServerProcess) -> None:
+    """README "Releasing": a reservation_id over 256 bytes is INVALID_ARGUMENT naming reservation_id (an empty one
+    too: proto "Required"), an empty customer_id names customer_id; an id the customer does not have is NOT_FOUND
+    "customer 'rq' has no reservation '...'", quoting its first 128 characters, "…" after the quote when cut (a
+    200-character id), whole when it has exactly 128. The 1 credit held by `kept` stays held throughout."""
+    with server.client() as client:
+        customer(client, "rq", block=False)
+        grant(client, "rq", "g", "3")
+        assert hold(client, "rq", 1, "kept")[:2] == (True, "OK")
+        assert refused(releasing(client, "rq", "x" * 257))[:2] == ("INVALID_ARGUMENT", ["reservation_id"])
+        assert refused(releasing(client, "rq", ""))[:2] == ("INVALID_ARGUMENT", ["reservation_id"])
+        assert refused(releasing(client, "", "kept"))[:2] == ("INVALID_ARGUMENT", ["customer_id"])
+        cut = refused(releasing(client, "rq", "y" * 200))
+        assert cut == ("NOT_FOUND", [], f"customer 'rq' has no reservation '{'y' * 128}'…")
+        whole = refused(releasing(client, "rq", "z" * 128))
+        assert whole == ("NOT_FOUND", [], f"customer 'rq' has no reservation '{'z' * 128}'")
+        assert totals(client, "rq") == ("3", "1", "2")
+
+
+def test_events_naming_a_released_an_unknown_and_an_over_long_reservation(server: ServerProcess) -> None:
+    """README "Settling": an event naming a hold that was released is rated like any event, its ack noting
+    NOTICE_RESERVATION_RELEASED ("... was already released at T: the event was rated, nothing was released", T the
+    release's time); one naming a 256-byte id the customer never held is rated, NOTICE_RESERVATION_UNKNOWN, the id
+    quoted cut to 128 characters and "…"; one naming a 257-byte id is INVALID_EVENT naming reservation_id and not
+    rated. ALLOW customer `nt` with 10 credits: `r` holds 2 and is released (2 given back), events of 2 and 3 draw 5
+    (remaining 5, charges 5); the refused event of 4 changes nothing."""
+    with server.client() as client:
+        customer(client, "nt", block=False)
+        grant(client, "nt", "g", "10")
+        assert hold(client, "nt", 2, "r")[:2] == (True, "OK")
+        assert release(client, "nt", "r") == "2"
+        released = notices(use(client, event("nt-1", "nt", 2, reservation_id="r")))
+        assert len(released) == 1 and released[0][:3] == ("nt-1", "r", "NOTICE_RESERVATION_RELEASED"), released
+        pattern = r"reservation 'r' was already released at \d+: the event was rated, nothing was released"
+        assert re.fullmatch(pattern, released[0][3]), released
+        long_id = "u" * 256
+        unknown = notices(use(client, event("nt-2", "nt", 3, reservation_id=long_id)))
+        quoted = f"the customer has no reservation '{'u' * 128}'…: the event was rated, nothing was released"
+        assert unknown == [("nt-2", long_id, "NOTICE_RESERVATION_UNKNOWN", quoted)]
+        ack = client.ingest_batch([event("nt-3", "nt", 4, reservation_id="v" * 257)])
+        assert ack.accepted == 0 and [(r.transaction_id, r.reason) for r in ack.rejected] == [
+            ("nt-3", usage_pb2.INVALID_EVENT)
+        ]
+        assert "reservation_id" in ack.rejected[0].message, ack
+        assert rows(client, "nt") == {"g": ("5", "5", "0", "0")}
+        assert charges(client, "nt") == ("5", "0")
+
+
+def test_one_authorize_batches_message_answers_refused_holds_0_and_plain_requests_their_products_credit(
+    server: ServerProcess,
+) -> None:
+    """proto AuthorizeResponse.credits_available on AuthorizeBatches. BLOCK customer `ab`: `ex` 5 credits for
+    `extra` only, `all` 2 for every product. One message, in order:
+    q1 hold 1 of work as `h1` (units may draw `all` only: 2 - 1 = 1 left); q2 `h1` again with 2 units
+    (RESERVATION_CONFLICT); q3 a TTL of 3,601 s, q4 a 257-byte id, q5 a reservation_id without reserve (each
+    INVALID_REQUEST); q6 an unknown customer (UNKNOWN_CUSTOMER): each of q2-q6 answers cost and credit "0".
+    Plain requests are decided when the message arrives, before its holds: q7 usage feeding no product answers the
+    whole balance, 7; q8 work answers the credit `units` may draw, 2; q9 other answers 5 + 2 = 7; q10 a customer whose
+    contract starts in 3 days, with 3 credits: NO_ACTIVE_CONTRACT, its whole balance 3. q11 an unnamed hold of 1 with
+    the maximum TTL takes `all`'s last credit, id r-<32 hex>, 0 left; q12 a hold of 5 units then finds 0 for
+    `units`: INSUFFICIENT_CREDIT, cost 5, credit 0. After it: `all` holds 2, `ex` nothing."""
+    with server.client() as client:
+        customer(client, "ab", block=True)
+        grant(client, "ab", "ex", "5", products=("extra",))
+        grant(client, "ab", "all", "2")
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="abfut", name="abfut"))
+        open_contract(client, "abfut", "k-abfut", now_ms() + 3 * DAY_MS, rate_card_id="card")
+        future = contracts_pb2.Grant(id="abfut.g", customer_id="abfut", kind=contracts_pb2.PROMOTIONAL, amount="3")
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=future))
+
+        def ask(request_id: str, customer_id: str, units: float, event_type: str) -> balance_pb2.AuthorizeRequest:
+            made = plain(customer_id, units, event_type)
+            made.request_id = request_id
+            return made
+
+        unbound = ask("q5", "ab", 1, "work")
+        unbound.reservation_id = "h9"
+        requests = [
+            hold_request("ab", 1, "h1", request_id="q1"),
+            hold_request("ab", 2, "h1", request_id="q2"),
+            hold_request("ab", 1, "h2", request_id="q3", ttl=Duration(seconds=3601)),
+            hold_request("ab", 1, "x" * 257, request_id="q4"),
+            unbound,
+            hold_request("ab-nobody", 1, "n1", request_id="q6"),
+            ask("q7", "ab", 1, "feeds-nothing"),
+            ask("q8", "ab", 1, "work"),
+            ask("q9", "ab", 1, "other"),
+            ask("q10", "abfut", 1, "work"),
+            hold_request("ab", 1, "", request_id="q11", ttl=Duration(seconds=3600)),
+            hold_request("ab", 5, "h3", request_id="q12"),
+        ]
+        (result,) = client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)]))
+        got = [(r.request_id, r.allowed, r.reason, r.estimated_cost, r.credits_available) for r in result.responses]
+        assert got == [
+            ("q1", True, "OK", "1", "1"),
+            ("q2", False, "RESERVATION_CONFLICT", "0", "0"),
+            ("q3", False, "INVALID_REQUEST", "0", "0"),
+            ("q4", False, "INVALID_REQUEST", "0", "0"),
+            ("q5", False, "INVALID_REQUEST", "0", "0"),
+            ("q6", False, "UNKNOWN_CUSTOMER", "0", "0"),
+            ("q7", True, "OK", "0", "7"),
+            ("q8", True, "OK", "1", "2"),
+            ("q9", True, "OK", "1", "7"),
+            ("q10", False, "NO_ACTIVE_CONTRACT", "0", "3"),
+            ("q11", True, "OK", "1", "0"),
+            ("q12", False, "INSUFFICIENT_CREDIT", "5", "0"),
+        ]
+        assert re.fullmatch(r"r-[0-9a-f]{32}", result.responses[10].reservation_id), result.responses[10]
+        assert [r.reservation_id for r in result.responses[:10]] == ["h1"] + [""] * 9
+        assert rows(client, "ab") == {"ex": ("0", "5", "0", "0"), "all": ("0", "2", "2", "0")}
+
+
+def test_one_batch_crossing_the_threshold_twice_buys_twice_each_the_exact_difference(server: ServerProcess) -> None:
+    """README "Automatic top-up": "One batch that crosses the threshold twice buys twice (within the cap)". ALLOW
+    customer `tw`, 10 credits; policy below 4 back to 20 at 0.37 a credit, at most 3 a period. One batch: 7 units
+    leave 3 < 4: `top-up-<P>-1` of 20 - 3 = 17 credits (paid 17 x 0.37 = 6.29); 18 units draw the grant's 3 and 15
+    of the top-up (it burns after every other grant), leaving 2 < 4: `top-up-<P>-2` of 18 (paid 6.66). Then: the
+    grant drawn 10, top-up 1 drawn 15 (recognised 15 x 0.37 = 5.55), 2 left; top-up 2 untouched; available 20; no
+    overage. The period's draft invoice owes top_up_purchases 6.29 + 6.66 = 12.95."""
+    period_ms = month_start_ms()
+    with server.client() as client:
+        contract_id = customer(client, "tw", block=False)
+        grant(client, "tw", "g", "10")
+        policy = contracts_pb2.TopUpPolicy(threshold="4", recharge_to="20", price_per_credit="0.37", max_per_period=3)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        use(client, event("tw-1", "tw", 7), event("tw-2", "tw", 18))
+        first, second = f"top-up-{period_ms}-1", f"top-up-{period_ms}-2"
+        assert rows(client, "tw") == {
+            "g": ("10", "0", "0", "0"),
+            first: ("15", "2", "0", "0"),
+            second: ("0", "18", "0", "0"),
+        }
+        balance = client.get_balance("tw")
+        bought = {
+            g.grant_id: (contracts_pb2.GrantKind.Name(g.kind), g.amount, g.recognized_revenue) for g in balance.grants
+        }
+        assert bought[first] == ("TOP_UP", "17", "5.55") and bought[second] == ("TOP_UP", "18", "0")
+        assert all(not g.HasField("expires_at") for g in balance.grants)
+        assert (balance.credits_available, balance.overage_amount) == ("20", "0")
+        assert preview(client, "tw", period_ms).top_up_purchases == "12.95"
+
+
+POLICY_EDGES: list[tuple[str, dict[str, object], str]] = [
+    ("threshold 0", dict(threshold="0"), "top_up.threshold"),
+    ("threshold equal to recharge_to", dict(threshold="20"), "top_up.threshold"),
+    ("max_per_period 1,001", dict(max_per_period=1001), "top_up.max_per_period"),
+    ("max_per_period 0", dict(max_per_period=0), "top_up.max_per_period"),
+    ("threshold with 13 places", dict(threshold="0.0000000000001"), "top_up.threshold"),
+    ("recharge_to with 13 places", dict(recharge_to="20.0000000000001"), "top_up.recharge_to"),
+    ("price with 19 places", dict(price_per_credit="0.0000000000000000001"), "top_up.price_per_credit"),
+    ("negative price", dict(price_per_credit="-0.000000000000000001"), "top_up.price_per_credit"),
+]
+
+
+def test_a_top_up_policy_at_each_bound_is_set_and_one_step_past_it_is_refused_naming_the_field(
+    server: ServerProcess,
+) -> None:
+    """README "Automatic top-up": threshold above 0 and below recharge_to, max_per_period 1 to 1,000, threshold and
+    recharge_to at most 12 decimal places, a price at most 18 and not negative. At each bound the policy is set
+    (threshold 10^-12 below recharge_to 20.000000000001, price 0, at most 1,000 a period; then a price of 10^-18);
+    one step past each is INVALID_ARGUMENT naming the field, and the policy set before is still the contract's."""
+    with server.client() as client:
+        contract_id = customer(client, "pe", block=False)
+
+        def send(**fields: object) -> contracts_pb2.Contract:
+            top_up = contracts_pb2.TopUpPolicy(threshold="4", recharge_to="20", price_per_credit="1", max_per_period=1)
+            for name, value in fields.items():
+                setattr(top_up, name, value)
+            request = contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=top_up)
+            answer: contracts_pb2.Contract = client.contracts.SetTopUpPolicy(request)
+            return answer
+
+        edge = send(
+            threshold="0.000000000001", recharge_to="20.000000000001", price_per_credit="0", max_per_period=1000
+        )
+        assert (edge.top_up.threshold, edge.top_up.recharge_to, edge.top_up.max_per_period) == (
+            "0.000000000001",
+            "20.000000000001",
+            1000,
+        )
+        finest = send(price_per_credit="0.000000000000000001").top_up
+        assert (finest.threshold, finest.price_per_credit, finest.currency) == ("4", "0.000000000000000001", "USD")
+        for label, fields, field in POLICY_EDGES:
+            code, named, _ = refused(functools.partial(send, **fields))
+            assert (code, named) == ("INVALID_ARGUMENT", [field]), label
+        kept = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id)).top_up
+        assert kept == finest
+
+
+def test_a_rollover_rounds_down_to_a_picocredit_takes_a_plus_id_when_its_own_is_taken_and_a_share_of_0_makes_none(
+    server: ServerProcess,
+) -> None:
+    """README "Rollover", at a period end already past: customer `rr`'s contract started two months ago on the 1st,
+    so the current period P began this month's 1st; three grants started a day into the previous period roll at P.
+    - `a`: 1 credit paid 1, fraction 0.333333333333333: 0.333333333333333 rounded down to 10^-12 = 0.333333333333 rolls
+      into `rollover-rr.a-<P>`, which a PROMOTIONAL grant of `rr` already holds, so it is `rollover-rr.a-<P>+`; `a`
+      drawn 0.333333333333 (what moved), expired 0.666666666667, and no revenue of its own (rolled credit is the
+      ROLLOVER grant's);
+    - `tiny`: 1 credit, fraction 10^-13: a share of 10^-13 rounds down to 0: no ROLLOVER grant, 1 expired, and the id
+      `rollover-rr.tiny-<P>` stays free (a grant can then take it);
+    - `full`: 3 credits paid 2, fraction 1: all 3 roll, nothing expired.
+    Each ROLLOVER grant is usable from P until the end of the period after the one that ended (this period's end).
+    Available, once `rollover-rr.tiny-<P>` is granted 1 too: 1 + 0.333333333333 + 3 + 1 = 5.333333333333."""
+    period_ms = month_start_ms()
+    with server.client() as client:
+        open_contract(client, "rr", "k-rr", month_start_ms(2), rate_card_id="card")
+        taken = f"rollover-rr.a-{period_ms}"
+        squatter = contracts_pb2.Grant(id=taken, contract_id="k-rr", kind=contracts_pb2.PROMOTIONAL, amount="1")
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=squatter))
+        started_ms = month_start_ms(1) + DAY_MS
+        for name, amount, paid, fraction in (
+            ("a", "1", "1", "0.333333333333333"),
+            ("tiny", "1", "0", "0.0000000000001"),
+            ("full", "3", "2", "1"),
+        ):
+            made = new_grant("rr", name, amount, paid=paid, starts_at_ms=started_ms)
+            made.rollover_fraction = fraction
+            client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+        rolled_a, rolled_full = f"{taken}+", f"rollover-rr.full-{period_ms}"
+        assert wait_for(lambda: rolled_full in rows(client, "rr"), 10)
+        assert rows(client, "rr") == {
+            rolled_a: ("0", "0.333333333333", "0", "0"),
+            rolled_full: ("0", "3", "0", "0"),
+            taken: ("0", "1", "0", "0"),
+            "a": ("0.333333333333", "0", "0", "0.666666666667"),
+            "tiny": ("0", "0", "0", "1"),
+            "full": ("3", "0", "0", "0"),
+        }
+        balance = client.get_balance("rr")
+        by_id = {g.grant_id: g for g in balance.grants}
+        period_end_ms = balance.period_end.ToMilliseconds()
+        for rolled in (rolled_a, rolled_full):
+            assert contracts_pb2.GrantKind.Name(by_id[rolled].kind) == "ROLLOVER"
+            assert (by_id[rolled].starts_at.ToMilliseconds(), by_id[rolled].expires_at.ToMilliseconds()) == (
+                period_ms,
+                period_end_ms,
+            )
+        assert by_id["rr.a"].recognized_revenue == "0"
+        assert f"rollover-rr.tiny-{period_ms}" not in by_id
+        free = contracts_pb2.Grant(
+            id=f"rollover-rr.tiny-{period_ms}", contract_id="k-rr", kind=contracts_pb2.PROMOTIONAL, amount="1"
+        )
+        assert client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=free)).id == free.id
+        assert totals(client, "rr") == ("5.333333333333", "0", "5.333333333333")
+
+
+@pytest.mark.parametrize(
+    ("name", "offset_ms", "grant_row", "overage"),
+    [
+        ("before", -1, ("2", "0", "0", "8"), "0"),
+        ("at", 0, ("0", "0", "0", "10"), "2"),
+    ],
+)
+def test_a_settling_event_dated_a_millisecond_before_the_expiry_draws_the_held_credit_and_one_dated_at_it_none(
+    server: ServerProcess, name: str, offset_ms: int, grant_row: tuple[str, str, str, str], overage: str
+) -> None:
+    """README "Expiry and breakage": credit a reservation holds on an expired grant stays held (credits_held and
+    credits_remaining, never available) until the hold ends; the settling event gets it back first and, dated
+    before the expiry E, draws on it; one dated at or after E draws nothing from the grant. ALLOW customer
+    `xe-<name>`, one grant of 10 expiring at E (1.5 s from now); a hold of 6 (TTL 120 s): 4 available. At E the 4
+    unheld break: drawn 0, remaining 0, held 6, expired 4; totals 6 remaining, 6 held, 0 available. The event of 2
+    units settling it:
+    - dated E - 1 ms: draws 2 of the 6, the 4 left break: drawn 2, expired 8; no overage;
+    - dated E: draws nothing from the grant, all 6 break: expired 10; the 2 are overage.
+    Either way charges 2 and nothing is left."""
+    customer_id = f"xe-{name}"
+    with server.client() as client:
+        customer(client, customer_id, block=False)
+        expires_ms = now_ms() + 1500
+        grant(client, customer_id, "g", "10", expires_at_ms=expires_ms)
+        assert hold(client, customer_id, 6, "h", ttl=Duration(seconds=120)) == (True, "OK", "6", "4", "h")
+        assert wait_for(lambda: rows(client, customer_id)["g"] == ("0", "0", "6", "4"), 10)
+        assert totals(client, customer_id) == ("6", "6", "0")
+        settle = event(f"{customer_id}-1", customer_id, 2, reservation_id="h", at_ms=expires_ms + offset_ms)
+        assert notices(use(client, settle)) == []
+        assert wait_for(lambda: rows(client, customer_id)["g"] == grant_row, 10), rows(client, customer_id)
+        assert totals(client, customer_id) == ("0", "0", "0")
+        assert charges(client, customer_id) == ("2", overage)
