@@ -13,7 +13,7 @@ every balance read through rows()/totals() is checked for conservation (per gran
 expired while usable, held counted in remaining; amount = drawn + expired + held once expired).
 
 The catalogue is test_audit_credits2_wire's (`work` events feed `units`, `other` events feed `extra`, 1 credit a
-unit), one server for the file (`--close-grace off`: no period closes by itself), each test on customers of its own."""
+unit) and a `gauges` card (catalogues()), one server for the file (`--close-grace off`: no period closes by itself), each test on customers of its own."""
 
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ from pathlib import Path
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
+from server.convert import timestamp as stamp
 from tests.audit_fixtures import open_contract, preview, release, serving
 from tests.serverproc import ServerProcess, wait_for
 from tests.test_audit_credits2_wire import (
+    CARD_FROM_MS,
     catalogue,
     charges,
     customer,
@@ -42,15 +44,32 @@ from tests.test_audit_credits2_wire import (
     totals,
     use,
 )
+from tests.test_audit_credits_wire import period_anchor_ms
 from tests.test_audit_topups_wire import month_start_ms
 
 DAY_MS = 86_400_000
 
 
+def catalogues(client: TariffClient) -> None:
+    """test_audit_credits2_wire's card, and `gauges`: event type `mix` feeds `mlevel` (LATEST of `level`) and `msum`
+    (SUM of `n`), both at 1 credit a unit, so one `mix` event can give credit back and charge at once."""
+    catalogue(client)
+    pricing = client.pricing
+    for product_id, aggregation, value_key in (("mlevel", pricing_pb2.LATEST, "level"), ("msum", pricing_pb2.SUM, "n")):
+        product = pricing_pb2.Product(id=product_id, event_type="mix", aggregation=aggregation, value_key=value_key)
+        pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="gauges", pricing_unit="credits"))
+    rates = [pricing_pb2.Rate(product_id=p, unit=pricing_pb2.UnitPrice(price="1")) for p in ("mlevel", "msum")]
+    pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="gauges", upsert_rates=rates))
+    pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="gauges", version=1, effective_from=stamp(CARD_FROM_MS))
+    )
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root: Path = tmp_path_factory.mktemp("audit-gatewaydoc")
-    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogue)
+    yield from serving(ServerProcess(root / "data", extra_args=["--close-grace", "off"]), catalogues)
 
 
 def refused(call: Callable[[], object]) -> tuple[str, list[str], str]:
@@ -487,3 +506,95 @@ def test_a_settling_event_dated_a_millisecond_before_the_expiry_draws_the_held_c
         assert wait_for(lambda: rows(client, customer_id)["g"] == grant_row, 10), rows(client, customer_id)
         assert totals(client, customer_id) == ("0", "0", "0")
         assert charges(client, customer_id) == ("2", overage)
+
+
+def mix(
+    transaction_id: str, customer_id: str, level: float, units: float, reservation_id: str = ""
+) -> usage_pb2.UsageEvent:
+    values = {"level": level, "n": units}
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type="mix",
+        timestamp_ms=now_ms(),
+        values=values,
+        reservation_id=reservation_id,
+    )
+
+
+def mixed(customer_id: str, level: float, units: float, reservation_id: str = "") -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(
+        customer_id=customer_id,
+        event_type="mix",
+        values={"level": level, "n": units},
+        reserve=bool(reservation_id),
+        reservation_id=reservation_id,
+    )
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_an_estimate_of_0_that_gives_credit_back_to_one_grant_holds_what_it_charges_another(
+    server: ServerProcess, block: bool
+) -> None:
+    """README "Credits and the gateway": a hold holds "what its charges would draw from each grant less what its
+    refunds would give back to that grant: for usage that also gives credit back, such as a LATEST gauge falling
+    beside a charge paid from another grant, an estimate of 0 may hold credit". Customer `est-<allow|block>` on
+    `gauges`: `gL` 10 credits for `mlevel` only, `gS` 4 for `msum` only. level=5 is drawn from gL (5 left): 9
+    available. `mix` level=2 n=3 would give gL 3 back and charge msum 3 (paid by gS): estimate -3 + 3 = 0.
+    - Authorize: OK, 0, 9 available. A hold `h` of it: OK, estimate 0, holds 3 on gS (available 9 - 3 = 6).
+    - The same usage again finds 1 in gS for msum's 3: under ALLOW, OVERAGE_ALLOWED (plain and held alike), the hold
+      `h2` taking gS's last 1 (available 5); under BLOCK INSUFFICIENT_CREDIT (plain and held alike), credit to its
+      products 5 + 1 = 6, nothing more held.
+    - A `work` event feeds `units`, which `gauges` does not price: NO_APPLICABLE_RATE, answered the whole balance.
+    - The event settling `h`: gS gets its 3 back and pays msum's 3 (drawn 3, 1 left, still held by `h2` under ALLOW);
+      gL gets 3 back (drawn 2, remaining 8). Charges 5 - 3 + 3 = 5, none overage."""
+    customer_id = f"est-{'block' if block else 'allow'}"
+    with server.client() as client:
+        customer(client, customer_id, block=block, rate_card_id="gauges")
+        grant(client, customer_id, "gL", "10", products=("mlevel",))
+        grant(client, customer_id, "gS", "4", products=("msum",))
+        use(client, mix(f"{customer_id}-1", customer_id, 5, 0))
+        assert decide(client, mixed(customer_id, 2, 3))[:4] == (True, "OK", "0", "9")
+        assert decide(client, mixed(customer_id, 2, 3, "h"))[:5] == (True, "OK", "0", "6", "h")
+        assert rows(client, customer_id) == {"gL": ("5", "5", "0", "0"), "gS": ("0", "4", "3", "0")}
+        if block:
+            assert decide(client, mixed(customer_id, 2, 3))[:4] == (False, "INSUFFICIENT_CREDIT", "0", "6")
+            assert decide(client, mixed(customer_id, 2, 3, "h2"))[:5] == (False, "INSUFFICIENT_CREDIT", "0", "6", "")
+        else:
+            assert decide(client, mixed(customer_id, 2, 3))[:4] == (True, "OVERAGE_ALLOWED", "0", "6")
+            assert decide(client, mixed(customer_id, 2, 3, "h2"))[:5] == (True, "OVERAGE_ALLOWED", "0", "5", "h2")
+        left = "0" if block else "1"
+        assert decide(client, plain(customer_id, 1))[1:4] == ("NO_APPLICABLE_RATE", "0", "6" if block else "5")
+        assert notices(use(client, mix(f"{customer_id}-2", customer_id, 2, 3, "h"))) == []
+        assert rows(client, customer_id) == {"gL": ("2", "8", "0", "0"), "gS": ("3", "1", left, "0")}
+        assert charges(client, customer_id) == ("5", "0")
+
+
+def test_held_credit_rolling_over_is_shared_out_rounded_down_cumulatively_remainder_first_then_holds_by_id(
+    server: ServerProcess,
+) -> None:
+    """README "Held credit at a rollover": fraction x (remainder + held) rolls over; "Shares are rounded down
+    cumulatively, the remainder first, then the holds by reservation id". Customer `cum`, ALLOW, whose period ends at
+    E (4 s from now): grant `g` of 0.000000000003 (3 picocredits), fraction 0.5; `r2` then `r1` each hold one
+    picocredit, one is free. At E 0.5 x 3 = 1.5 rounds down to 1 picocredit rolling, 2 breaking. Cumulatively: the
+    remainder's 0.5 -> 0; with r1 (first by id, though made second) 1.0 -> 1: r1's share is 1; with r2 1.5 -> 1: r2's
+    is 0. So `rollover-cum.g-<E>` holds 1 picocredit for r1, none free; `g` drawn 1 (moved), expired 2. Releasing
+    r1 gives back 0.000000000001 (to the ROLLOVER grant), r2 "0"."""
+    end_ms = (now_ms() // 1000 + 4) * 1000
+    with server.client() as client:
+        open_contract(client, "cum", "k-cum", period_anchor_ms(end_ms), rate_card_id="card")
+        made = new_grant("cum", "g", "0.000000000003", starts_at_ms=now_ms() - 1000)
+        made.rollover_fraction = "0.5"
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+        ttl = Duration(seconds=600)
+        assert hold(client, "cum", 1e-12, "r2", ttl=ttl) == (True, "OK", "0.000000000001", "0.000000000002", "r2")
+        assert hold(client, "cum", 1e-12, "r1", ttl=ttl) == (True, "OK", "0.000000000001", "0.000000000001", "r1")
+        rolled = f"rollover-cum.g-{end_ms}"
+        assert wait_for(lambda: rolled in rows(client, "cum"), 15)
+        assert rows(client, "cum") == {
+            rolled: ("0", "0.000000000001", "0.000000000001", "0"),
+            "g": ("0.000000000001", "0", "0", "0.000000000002"),
+        }
+        assert (release(client, "cum", "r1"), release(client, "cum", "r2")) == ("0.000000000001", "0")
+        assert rows(client, "cum")[rolled] == ("0", "0.000000000001", "0", "0")
+        assert totals(client, "cum") == ("0.000000000001", "0", "0.000000000001")
