@@ -598,3 +598,76 @@ def test_held_credit_rolling_over_is_shared_out_rounded_down_cumulatively_remain
         assert (release(client, "cum", "r1"), release(client, "cum", "r2")) == ("0.000000000001", "0")
         assert rows(client, "cum")[rolled] == ("0", "0.000000000001", "0", "0")
         assert totals(client, "cum") == ("0.000000000001", "0", "0.000000000001")
+
+
+def test_in_band_bad_values_answer_the_whole_credit_and_a_hold_of_usage_feeding_no_product_holds_nothing(
+    server: ServerProcess,
+) -> None:
+    """proto AuthorizeResponse.credits_available: "a request of a known customer denied before it is priced
+    (... INVALID_REQUEST for a bad value) [is] answered the customer's whole available credit ... so under BLOCK
+    usage feeding no product is allowed while the customer has any credit". BLOCK customer `iv`: `ex` 5 for `extra`,
+    `all` 2: whole credit 7. On AuthorizeBatches, values n=NaN, n=inf, n=-1 and a hold with n=NaN are each
+    INVALID_REQUEST, cost 0, credit 7; a hold of usage feeding no product is OK, costs 0, holds nothing (7 still
+    available) and is a reservation (`nf`); unary Authorize refuses the bad values INVALID_ARGUMENT naming values."""
+    with server.client() as client:
+        customer(client, "iv", block=True)
+        grant(client, "iv", "ex", "5", products=("extra",))
+        grant(client, "iv", "all", "2")
+
+        def ask(
+            request_id: str, units: float, event_type: str = "work", hold_id: str = ""
+        ) -> balance_pb2.AuthorizeRequest:
+            made = plain("iv", units, event_type)
+            made.request_id, made.reserve, made.reservation_id = request_id, bool(hold_id), hold_id
+            return made
+
+        requests = [
+            ask("nan", float("nan")),
+            ask("inf", float("inf")),
+            ask("neg", -1),
+            ask("nan-hold", float("nan"), hold_id="nn"),
+            ask("nofeed-hold", 1, "feeds-nothing", "nf"),
+        ]
+        (result,) = client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)]))
+        got = [
+            (r.request_id, r.reason, r.estimated_cost, r.credits_available, r.reservation_id) for r in result.responses
+        ]
+        assert got == [
+            ("nan", "INVALID_REQUEST", "0", "7", ""),
+            ("inf", "INVALID_REQUEST", "0", "7", ""),
+            ("neg", "INVALID_REQUEST", "0", "7", ""),
+            ("nan-hold", "INVALID_REQUEST", "0", "7", ""),
+            ("nofeed-hold", "OK", "0", "7", "nf"),
+        ]
+        assert totals(client, "iv") == ("7", "0", "7")
+        for request in requests[:3]:
+            request.request_id = ""
+            assert refused(functools.partial(client.balance.Authorize, request))[:2] == ("INVALID_ARGUMENT", ["values"])
+        assert release(client, "iv", "nf") == "0"
+
+
+def test_a_hold_retried_under_another_request_id_is_the_same_hold_and_a_duplicate_event_naming_it_settles_nothing(
+    server: ServerProcess,
+) -> None:
+    """README "Ids": the same request is the same event type, dimensions, values and TTL: a gateway's retry under a
+    new request_id answers the same hold and holds nothing more. An event resent under a transaction id already
+    accepted without a reservation_id is DUPLICATE_CONFLICT (different content) and settles nothing. ALLOW customer
+    `rid`, 10 credits: `e1` draws 2 (8 left); `h` holds 3 (5 available), `k` 1 under request ids A and B (4
+    available, held 4); e1 again naming `h` is refused; `h` and `k` still hold 3 + 1."""
+    with server.client() as client:
+        customer(client, "rid", block=False)
+        grant(client, "rid", "g", "10")
+        first = event("rid-1", "rid", 2)
+        use(client, first)
+        assert hold(client, "rid", 3, "h") == (True, "OK", "3", "5", "h")
+        assert hold(client, "rid", 1, "k", request_id="A") == (True, "OK", "1", "4", "k")
+        again = client.balance.Authorize(hold_request("rid", 1, "k", request_id="B"))
+        assert (again.request_id, again.reservation_id, again.credits_available) == ("B", "k", "4")
+        assert again.message == "already held: this reservation was made by an earlier identical request"
+        resent = usage_pb2.UsageEvent()
+        resent.CopyFrom(first)
+        resent.reservation_id = "h"
+        ack = client.ingest_batch([resent])
+        assert [(r.transaction_id, r.reason) for r in ack.rejected] == [("rid-1", usage_pb2.DUPLICATE_CONFLICT)]
+        assert rows(client, "rid") == {"g": ("2", "8", "4", "0")}
+        assert charges(client, "rid") == ("2", "0")
