@@ -671,3 +671,30 @@ def test_a_hold_retried_under_another_request_id_is_the_same_hold_and_a_duplicat
         assert [(r.transaction_id, r.reason) for r in ack.rejected] == [("rid-1", usage_pb2.DUPLICATE_CONFLICT)]
         assert rows(client, "rid") == {"g": ("2", "8", "4", "0")}
         assert charges(client, "rid") == ("2", "0")
+
+
+def test_a_conflict_quotes_a_long_reservation_id_whole_through_every_authorize_call(server: ServerProcess) -> None:
+    """README "Releasing" cuts a quoted reservation id to 128 characters in release and notice messages; "Ids": the
+    same id with a different request is ALREADY_EXISTS ("reservation_id 'r1' is already used by a different request
+    of this customer; nothing was held"), quoting the id whole as the request sent it (a 200-character one here),
+    alike on Authorize, AuthorizeStream (which it ends) and in-band on AuthorizeBatches (RESERVATION_CONFLICT). ALLOW
+    customer `lq`, 10 credits: the id holds 1 unit; each later request asks 2 and holds nothing (9 available)."""
+    long_id = "L" * 200
+    taken = f"reservation_id '{long_id}' is already used by a different request of this customer; nothing was held"
+    with server.client() as client:
+        customer(client, "lq", block=False)
+        grant(client, "lq", "g", "10")
+        assert hold(client, "lq", 1, long_id)[:2] == (True, "OK")
+        assert refused(lambda: client.balance.Authorize(hold_request("lq", 2, long_id))) == (
+            "ALREADY_EXISTS",
+            [],
+            taken,
+        )
+        streamed = hold_request("lq", 2, long_id, request_id="s1")
+        code, _, message = refused(lambda: list(client.balance.AuthorizeStream(iter([streamed]))))
+        assert (code, message) == ("ALREADY_EXISTS", taken)
+        batch = balance_pb2.AuthorizeBatch(requests=[hold_request("lq", 2, long_id, request_id="b1")])
+        (result,) = client.balance.AuthorizeBatches(iter([batch]))
+        answer = result.responses[0]
+        assert (answer.reason, answer.message) == ("RESERVATION_CONFLICT", taken)
+        assert totals(client, "lq") == ("10", "1", "9")
