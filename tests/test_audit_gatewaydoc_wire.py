@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, TariffError, now_ms
-from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import open_contract, preview, release, serving
@@ -698,3 +698,60 @@ def test_a_conflict_quotes_a_long_reservation_id_whole_through_every_authorize_c
         answer = result.responses[0]
         assert (answer.reason, answer.message) == ("RESERVATION_CONFLICT", taken)
         assert totals(client, "lq") == ("10", "1", "9")
+
+
+def alerts_of(client: TariffClient, customer_id: str, count: int) -> list[alerts_pb2.Alert]:
+    """The first `count` alerts of `customer_id` in WatchAlerts' log."""
+    stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=0), timeout=20)
+    got: list[alerts_pb2.Alert] = []
+    for alert in stream:
+        if alert.customer_id == customer_id:
+            got.append(alert)
+        if len(got) == count:
+            stream.cancel()
+            break
+    return got
+
+
+def test_event_alerts_carry_their_period_start_and_time_beside_what_was_bought_or_released(
+    server: ServerProcess,
+) -> None:
+    """README alerts (and alerts.proto Alert.details): TOP_UP_EXECUTED details are grant_id and credits bought,
+    RESERVATION_EXPIRED's reservation_id and released, each with period_start_ms (the billing period it counts in)
+    and at_ms (the alert's time). ALLOW customer `ea`, contract from this month's start P, 10 credits; policy below 4
+    back to 10, once a period. `h` holds 3 for 200 ms (7 available, not below 4); an event of 5 draws 5 of the 7
+    unheld: 2 < 4 buys `top-up-<P>-1` of 10 - 2 = 8, at the batch's time; `h` then expires by the clock, giving back
+    3, at or after its 200 ms."""
+    period_ms = month_start_ms()
+    with server.client() as client:
+        contract_id = customer(client, "ea", block=False)
+        grant(client, "ea", "g", "10")
+        for kind in (alerts_pb2.TOP_UP_EXECUTED, alerts_pb2.RESERVATION_EXPIRED):
+            client.alerts.CreateAlert(alerts_pb2.CreateAlertRequest(customer_id="ea", type=kind))
+        policy = contracts_pb2.TopUpPolicy(threshold="4", recharge_to="10", price_per_credit="1", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        before_hold_ms = now_ms()
+        assert hold(client, "ea", 3, "h", ttl=Duration(nanos=200_000_000)) == (True, "OK", "3", "7", "h")
+        before_use_ms = now_ms()
+        use(client, event("ea-1", "ea", 5))
+        after_use_ms = now_ms()
+        bought, expired = alerts_of(client, "ea", 2)
+        assert (alerts_pb2.AlertType.Name(bought.type), alerts_pb2.AlertType.Name(expired.type)) == (
+            "TOP_UP_EXECUTED",
+            "RESERVATION_EXPIRED",
+        )
+        bought_at, expired_at = int(bought.details["at_ms"]), int(expired.details["at_ms"])
+        assert dict(bought.details) == {
+            "grant_id": f"top-up-{period_ms}-1",
+            "credits": "8",
+            "period_start_ms": str(period_ms),
+            "at_ms": str(bought_at),
+        }
+        assert dict(expired.details) == {
+            "reservation_id": "h",
+            "released": "3",
+            "period_start_ms": str(period_ms),
+            "at_ms": str(expired_at),
+        }
+        assert before_use_ms <= bought_at <= after_use_ms and bought_at == bought.time.ToMilliseconds()
+        assert expired_at >= before_hold_ms + 200 and expired_at == expired.time.ToMilliseconds()
