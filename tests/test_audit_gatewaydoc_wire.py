@@ -755,3 +755,31 @@ def test_event_alerts_carry_their_period_start_and_time_beside_what_was_bought_o
         }
         assert before_use_ms <= bought_at <= after_use_ms and bought_at == bought.time.ToMilliseconds()
         assert expired_at >= before_hold_ms + 200 and expired_at == expired.time.ToMilliseconds()
+
+
+def test_an_empty_top_up_is_refused_naming_threshold_and_a_request_without_one_clears_the_policy(
+    server: ServerProcess,
+) -> None:
+    """README "Automatic top-up": "a request without `top_up` clears it; a `top_up` without `threshold`, such as an
+    empty one, is INVALID_ARGUMENT naming top_up.threshold, never a clearing". ALLOW customer `clr`, 10 credits,
+    policy below 4 back to 10. An empty top_up is refused and the policy stays (an event of 7 leaves 3 < 4: it buys
+    `top-up-<P>-1` of 10 - 3 = 7). A request without top_up clears it (the contract answers none). Then one batch:
+    5 units draw the grant's 3 and 2 of the top-up (5 left), 3 more draw 3 of it: 2 left < 4, and nothing is bought,
+    the policy being cleared: the grant drawn 10, the top-up 5, 2 available."""
+    period_ms = month_start_ms()
+    with server.client() as client:
+        contract_id = customer(client, "clr", block=False)
+        grant(client, "clr", "g", "10")
+        policy = contracts_pb2.TopUpPolicy(threshold="4", recharge_to="10", price_per_credit="1", max_per_period=5)
+        set_policy = contracts_pb2.SetTopUpPolicyRequest
+        client.contracts.SetTopUpPolicy(set_policy(contract_id=contract_id, top_up=policy))
+        empty = set_policy(contract_id=contract_id, top_up=contracts_pb2.TopUpPolicy())
+        assert refused(lambda: client.contracts.SetTopUpPolicy(empty))[:2] == ("INVALID_ARGUMENT", ["top_up.threshold"])
+        use(client, event("clr-1", "clr", 7))
+        top_up = f"top-up-{period_ms}-1"
+        assert rows(client, "clr") == {"g": ("7", "3", "0", "0"), top_up: ("0", "7", "0", "0")}
+        cleared = client.contracts.SetTopUpPolicy(set_policy(contract_id=contract_id))
+        assert not cleared.HasField("top_up"), cleared
+        use(client, event("clr-2", "clr", 5), event("clr-3", "clr", 3))
+        assert rows(client, "clr") == {"g": ("10", "0", "0", "0"), top_up: ("5", "2", "0", "0")}
+        assert totals(client, "clr") == ("2", "0", "2")
