@@ -719,9 +719,9 @@ def test_event_alerts_carry_their_period_start_and_time_beside_what_was_bought_o
     """README alerts (and alerts.proto Alert.details): TOP_UP_EXECUTED details are grant_id and credits bought,
     RESERVATION_EXPIRED's reservation_id and released, each with period_start_ms (the billing period it counts in)
     and at_ms (the alert's time). ALLOW customer `ea`, contract from this month's start P, 10 credits; policy below 4
-    back to 10, once a period. `h` holds 3 for 200 ms (7 available, not below 4); an event of 5 draws 5 of the 7
-    unheld: 2 < 4 buys `top-up-<P>-1` of 10 - 2 = 8, at the batch's time; `h` then expires by the clock, giving back
-    3, at or after its 200 ms."""
+    back to 10, once a period. An event of 8 leaves 2 < 4: it buys `top-up-<P>-1` of 10 - 2 = 8, at the batch's
+    time. Then `h` holds 3 for 200 ms (7 available, not below 4 and the period's one purchase made anyway) and
+    expires by the clock, giving back 3, at or after its 200 ms."""
     period_ms = month_start_ms()
     with server.client() as client:
         contract_id = customer(client, "ea", block=False)
@@ -730,11 +730,11 @@ def test_event_alerts_carry_their_period_start_and_time_beside_what_was_bought_o
             client.alerts.CreateAlert(alerts_pb2.CreateAlertRequest(customer_id="ea", type=kind))
         policy = contracts_pb2.TopUpPolicy(threshold="4", recharge_to="10", price_per_credit="1", max_per_period=1)
         client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=contract_id, top_up=policy))
+        before_use_ms = now_ms()
+        use(client, event("ea-1", "ea", 8))
+        after_use_ms = now_ms()
         before_hold_ms = now_ms()
         assert hold(client, "ea", 3, "h", ttl=Duration(nanos=200_000_000)) == (True, "OK", "3", "7", "h")
-        before_use_ms = now_ms()
-        use(client, event("ea-1", "ea", 5))
-        after_use_ms = now_ms()
         bought, expired = alerts_of(client, "ea", 2)
         assert (alerts_pb2.AlertType.Name(bought.type), alerts_pb2.AlertType.Name(expired.type)) == (
             "TOP_UP_EXECUTED",
