@@ -861,7 +861,10 @@ func (x *ReleaseReservationRequest) GetReservationId() string {
 type ReleaseReservationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The credits the hold held when released: what it took, or less when a
-	// retroactive re-rating shrank it (see AuthorizeRequest.reserve).
+	// retroactive re-rating shrank it (see AuthorizeRequest.reserve) or when
+	// the grant it held on rolled over with part of it breaking (only the
+	// rolled share stays held, on the ROLLOVER grant: README "Held credit at a
+	// rollover").
 	ReleasedAmount string `protobuf:"bytes,1,opt,name=released_amount,json=releasedAmount,proto3" json:"released_amount,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache

@@ -556,7 +556,10 @@ export const ReleaseReservationRequestSchema: GenMessage<ReleaseReservationReque
 export type ReleaseReservationResponse = Message<"tariff.v1.ReleaseReservationResponse"> & {
   /**
    * The credits the hold held when released: what it took, or less when a
-   * retroactive re-rating shrank it (see AuthorizeRequest.reserve).
+   * retroactive re-rating shrank it (see AuthorizeRequest.reserve) or when
+   * the grant it held on rolled over with part of it breaking (only the
+   * rolled share stays held, on the ROLLOVER grant: README "Held credit at a
+   * rollover").
    *
    * @generated from field: string released_amount = 1;
    */
