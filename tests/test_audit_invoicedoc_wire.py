@@ -890,11 +890,11 @@ def test_zz_close_due_periods_closes_in_period_end_then_contract_order_and_list_
 ) -> None:
     """README "Closing" and "Reads" (this test runs last: it closes every ended period of the module). bl's
     contract starts 2016-01-01: every month from then to the last one before this has ended (131 periods, 2016-01
-    to 2026-11, in December 2026), none closed. CloseDuePeriods closes every ended period of every customer, answering its invoices with the
-    earliest
-    period end first, then by contract id, numbered consecutively in that order; invoices_made counts them. Then
-    ListInvoices of bl with page_size unset answers 100 invoices (by number), and the next page the rest (31 in December 2026); a
-    January event of bl is refused PERIOD_CLOSED, and a second CloseDuePeriods finds nothing due: it makes none."""
+    to 2026-11, in December 2026), none closed. CloseDuePeriods closes every ended period of every customer,
+    answering its invoices with the earliest period end first, then by contract id, numbered consecutively in that
+    order; invoices_made counts them. Then ListInvoices of bl with page_size unset answers 100 invoices (by number),
+    and the next page the rest (31 in December 2026); a January event of bl is refused PERIOD_CLOSED, and a second
+    CloseDuePeriods finds nothing due: it makes none."""
     now = datetime.now(UTC)
     ended = (now.year - 2016) * 12 + now.month - 1
     last_ms = _first_of_month(_first_of_month(int(now.timestamp() * 1000)), -1)
