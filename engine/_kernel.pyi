@@ -318,8 +318,9 @@ class Kernel:
     ) -> tuple[bytes | HoldingBatch, int]:
         """AuthorizeBatches on raw bytes, one decision per request, priced as `authorize`: the result bytes when no
         request asks for a hold, else a HoldingBatch (the other requests decided, the holds to journal); and the
-        message's decisions. Refuses the whole message, deciding nothing: ValueError, CustomerNotAllowed,
-        BatchTooLarge, RequestIdMissing, RequestIdTooLong."""
+        message's decisions. Refuses the whole message, deciding nothing: BatchNotDecodable(field, message), field
+        naming what prost refused ("requests[2].customer_id"; "": the framing), CustomerNotAllowed, BatchTooLarge,
+        RequestIdMissing, RequestIdTooLong."""
     def hold_customers(self, requests: bytes) -> list[str]:
         """The distinct customer ids of a ReserveBatch's requests, first named first; ValueError if not an
         AuthorizeBatch."""

@@ -97,8 +97,8 @@ class BillingReads:
         the kernel encodes for an AuthorizeBatch's bytes, each request priced as `estimate` prices it; or, when
         requests ask for holds, a HoldingBatch whose `requests` the writer applies as one ReserveBatch command
         (engine/credits.py) and whose `finish` then gives the result. Raises the kernel's refusals of a whole
-        message (ValueError, CustomerNotAllowed, BatchTooLarge, RequestIdMissing,
-        RequestIdTooLong), having decided nothing."""
+        message (BatchNotDecodable naming the request and field prost refused, CustomerNotAllowed, BatchTooLarge,
+        RequestIdMissing, RequestIdTooLong), having decided nothing."""
         self.refresh_tables()
         return self.kernel.authorize_batch_holding(
             batch, now_ms, requests_max, allowed, ttl_max_ms, id_seed, message_number

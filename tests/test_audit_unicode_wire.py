@@ -365,7 +365,9 @@ def test_a_restricted_key_refuses_every_other_form_alike(keyed: tuple[ServerProc
         assert code == grpc.StatusCode.PERMISSION_DENIED and denied in why, why
 
 
-def test_not_utf8_authorize_requests_are_refused_naming_request(server: ServerProcess) -> None:
+def test_not_utf8_authorize_requests_are_refused_naming_request_or_the_batched_requests_field(
+    server: ServerProcess,
+) -> None:
     asked = _field(1, b"r1") + _field(2, b"acme\xff") + _field(3, b"call")
     with grpc.insecure_channel(server.target) as channel:
         unary = channel.unary_unary(
@@ -375,11 +377,17 @@ def test_not_utf8_authorize_requests_are_refused_naming_request(server: ServerPr
             "/tariff.v1.BalanceService/AuthorizeBatches",
             response_deserializer=balance_pb2.AuthorizeBatchResult.FromString,
         )
-        for call in (lambda: unary(asked, timeout=10), lambda: list(batches(iter([_field(1, asked)]), timeout=10))):
+        calls = [
+            (lambda: unary(asked, timeout=10), "request: "),
+            # An AuthorizeBatch names the request and field, as a UsageBatch names the event and field.
+            (lambda: list(batches(iter([_field(1, asked)]), timeout=10)), "requests[0].customer_id: "),
+        ]
+        for call, named in calls:
             with pytest.raises(grpc.RpcError) as failed:
                 call()
             assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert (failed.value.details() or "").startswith("request: ") and "UTF-8" in (failed.value.details() or "")
+            details = failed.value.details() or ""
+            assert details.startswith(named) and "UTF-8" in details, details
 
 
 def test_reservation_ids_in_two_forms_are_two_holds(client: TariffClient) -> None:

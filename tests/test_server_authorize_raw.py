@@ -184,9 +184,11 @@ def test_whole_message_refusals_keep_their_status_and_message(demo_server: Serve
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "an AuthorizeBatch holds at most 10000 requests, this one 10001",
         ),
+        # A request 5 bytes long cut off 2 bytes in: the request is named (tests/test_audit_abdecode_wire.py).
         "garbage": (
             grpc.StatusCode.INVALID_ARGUMENT,
-            "request: could not be decoded: Error parsing message with type 'tariff.v1.AuthorizeBatch': Wire format was corrupt",
+            "requests[0]: not an AuthorizeBatch: the request at index 0 does not decode: "
+            "failed to decode Protobuf message: AuthorizeBatch.requests: buffer underflow",
         ),
     }
 

@@ -21,7 +21,14 @@ from tariff.v1 import (
 
 from engine import commands as cmd
 from engine import credits
-from engine._kernel import BatchTooLarge, CustomerNotAllowed, HoldingBatch, RequestIdMissing, RequestIdTooLong
+from engine._kernel import (
+    BatchNotDecodable,
+    BatchTooLarge,
+    CustomerNotAllowed,
+    HoldingBatch,
+    RequestIdMissing,
+    RequestIdTooLong,
+)
 from engine.balances import BalanceView, GrantView
 from engine.billing import Billing
 from engine.control import TEXT_BYTES_MAX, check_reference, quoted_id
@@ -400,8 +407,13 @@ class BalanceService(_Base):
             raise InvalidArgument.field(
                 f"requests[{exc.args[0]}].request_id", f"must be at most {TEXT_BYTES_MAX} bytes"
             ) from None
-        except ValueError as exc:
-            raise _undecodable(balance_pb2.AuthorizeBatch, batch, exc) from None
+        except BatchNotDecodable as exc:
+            # The request and field prost refused ("requests[2].customer_id"), so a gateway that gathered thousands of
+            # checks knows which to fix; the message's own framing broken (nothing placed), protobuf's words as ever.
+            field, message = exc.args
+            if not field:
+                raise _undecodable(balance_pb2.AuthorizeBatch, batch, ValueError(message)) from None
+            raise InvalidArgument.field(field, f"not an AuthorizeBatch: {message}") from None
         if decisions:
             # One sample per message (its mean per decision): a sample per decision would cost more than one.
             telemetry.authorize_ms.record((time.perf_counter_ns() - started_ns) / 1e6 / decisions)

@@ -39,7 +39,8 @@ pyo3::create_exception!(
     _kernel,
     BatchNotDecodable,
     PyValueError,
-    "Bytes that are not a UsageBatch: args (field, message), the field prost refused (empty: the batch's framing)."
+    "Bytes that are not a UsageBatch or an AuthorizeBatch: args (field, message), the field prost refused (empty: the \
+     message's framing)."
 );
 pyo3::create_exception!(
     _kernel,
@@ -71,7 +72,10 @@ pyo3::create_exception!(_kernel, ReservationEnded, PyValueError, "The reservatio
 /// An Authorize refusal as the Python exception the server maps to a status.
 fn refused(refusal: Refused) -> PyErr {
     match refusal {
-        Refused::NotDecodable(message) => PyValueError::new_err(message),
+        Refused::NotDecodable(refused) => {
+            let NotABatch { field, message } = *refused;
+            BatchNotDecodable::new_err((field, message))
+        }
         Refused::TooManyRequests(count) => BatchTooLarge::new_err(count),
         Refused::CustomerNotAllowed(index, customer) => CustomerNotAllowed::new_err((index, customer)),
         Refused::NoRequestId(index) => RequestIdMissing::new_err(index),
@@ -1060,10 +1064,11 @@ impl Kernel {
     /// without a hold request gives (AuthorizeBatchResult bytes, decisions). A message with one gives
     /// (HoldingBatch, decisions): the other requests decided now, the holds (TTL checked against
     /// `ttl_max_ms`, an unnamed one named from `id_seed` and `message_number`) for the server to journal as
-    /// one command and apply with `reserve_batch`. Refuses the whole message, deciding nothing: ValueError
-    /// (not an AuthorizeBatch), CustomerNotAllowed(index, customer_id) for a customer outside `allowed`
-    /// (None: every customer), BatchTooLarge(requests) past `requests_max`, RequestIdMissing(index),
-    /// RequestIdTooLong(index).
+    /// one command and apply with `reserve_batch`. Refuses the whole message, deciding nothing:
+    /// BatchNotDecodable(field, message) when the bytes are not an AuthorizeBatch (field: where prost refused
+    /// them, `requests[2].customer_id`; empty for the message's framing), CustomerNotAllowed(index,
+    /// customer_id) for a customer outside `allowed` (None: every customer), BatchTooLarge(requests) past
+    /// `requests_max`, RequestIdMissing(index), RequestIdTooLong(index).
     #[allow(clippy::too_many_arguments)]
     fn authorize_batch_holding<'py>(
         &self,

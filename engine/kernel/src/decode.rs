@@ -173,7 +173,7 @@ impl<'a> EventView<'_, 'a> {
 /// Result no larger than before keeps `batch::read`'s good path as short as it was (the kernel spike,
 /// 60 batches, 10,000 customers, 2 regions: 7,115 instructions an event, 7,133 with it inline).
 pub fn decode_batch(bytes: &[u8]) -> Result<wire::UsageBatch, Box<NotABatch>> {
-    wire::UsageBatch::decode(bytes).map_err(|e| Box::new(NotABatch::of(bytes, &e)))
+    wire::UsageBatch::decode(bytes).map_err(|e| Box::new(NotABatch::of::<wire::UsageBatch>(bytes, &e)))
 }
 
 /// Python's repr of a string, for messages ('key', or "it's"), every character Python's repr escapes escaped as it

@@ -58,7 +58,10 @@ type BalanceServiceClient interface {
 	// naming requests[i].request_id; nothing of it is decided or held, the
 	// answers to the messages before it are sent, then the stream ends), and so
 	// is a message that does not decode as an AuthorizeBatch (a string field
-	// that is not UTF-8, say: INVALID_ARGUMENT naming request). Any other
+	// that is not UTF-8, say: INVALID_ARGUMENT naming the request and its field,
+	// requests[2].customer_id, requests[2].dimensions for a map entry,
+	// requests[2] for a request cut off, its message saying which request; or
+	// request when the message's own framing is broken). Any other
 	// malformed request is answered in-band (reason INVALID_REQUEST) and does
 	// not end the stream. With an API key restricted to some customers, a
 	// request for any other customer (an unknown one too) refuses its message
@@ -243,7 +246,10 @@ type BalanceServiceServer interface {
 	// naming requests[i].request_id; nothing of it is decided or held, the
 	// answers to the messages before it are sent, then the stream ends), and so
 	// is a message that does not decode as an AuthorizeBatch (a string field
-	// that is not UTF-8, say: INVALID_ARGUMENT naming request). Any other
+	// that is not UTF-8, say: INVALID_ARGUMENT naming the request and its field,
+	// requests[2].customer_id, requests[2].dimensions for a map entry,
+	// requests[2] for a request cut off, its message saying which request; or
+	// request when the message's own framing is broken). Any other
 	// malformed request is answered in-band (reason INVALID_REQUEST) and does
 	// not end the stream. With an API key restricted to some customers, a
 	// request for any other customer (an unknown one too) refuses its message
