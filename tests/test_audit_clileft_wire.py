@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from tariff import TariffClient, now_ms
 from tariff.v1 import contracts_pb2
 
 from tests.audit_fixtures import serving
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, free_port
 from tests.test_cli import table_rows, tariff
 
 SUMMARY = {"action": "summary", "model": "gpt-4", "complexity": "complex"}
@@ -115,3 +116,17 @@ def test_explain_names_the_lines_pricing_unit(server: ServerProcess) -> None:
     assert ["line amount (credits)", "5"] in table_rows(tariff(server, *by_start).stdout)
     as_json = json.loads(tariff(server, "invoices", "explain", "acme", line_id, "--json").stdout)
     assert as_json["line_amount"] == "5"
+
+
+def test_a_metrics_port_equal_to_the_listen_port_is_one_usage_line_naming_both(tmp_path: Path) -> None:
+    # README "Operating": a refused start is one line, exit 2. The same port for both was refused as
+    # "127.0.0.1:P is already in use", by the server's own listener, which reads as another process holding it.
+    port = free_port()
+    data_dir = str(tmp_path / "data")
+    args = ("serve", "--listen", f"127.0.0.1:{port}", "--metrics-port", str(port), "--data-dir", data_dir)
+    done = tariff("127.0.0.1:1", *args, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--metrics-port" in errors[0] and "--listen" in errors[0], done.stderr
+    assert str(port) in errors[0] and "already in use" not in done.stderr, done.stderr
+    assert not (tmp_path / "data").exists()  # refused before the data directory is made
