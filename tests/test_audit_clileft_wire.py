@@ -130,3 +130,13 @@ def test_a_metrics_port_equal_to_the_listen_port_is_one_usage_line_naming_both(t
     assert len(errors) == 1 and "--metrics-port" in errors[0] and "--listen" in errors[0], done.stderr
     assert str(port) in errors[0] and "already in use" not in done.stderr, done.stderr
     assert not (tmp_path / "data").exists()  # refused before the data directory is made
+
+
+def test_migrate_of_a_directory_a_server_holds_says_so_and_to_stop_it(server: ServerProcess) -> None:
+    done = tariff(server, "migrate", "--data-dir", str(server.data_dir), check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("tariff migrate: ") and str(server.data_dir) in line, line
+    assert "a Tariff server" in line and "is running on" in line and "stop it first" in line, line
+    assert "another --data-dir" not in line, line  # serve's advice; migrate is of this directory
+    assert done.stdout == ""
