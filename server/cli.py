@@ -414,7 +414,8 @@ def serve(
 @main.command(context_settings={"show_default": True})
 @click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="the data directory to migrate")
 def migrate(data_dir: Path) -> None:
-    """Migrate a data directory written by an earlier release (keeps the old journal in DIR/backup-v1/)."""
+    """Migrate a data directory written by an earlier release, with no server running on it (keeps the old journal
+    in DIR/backup-v1/)."""
     from server.migrate import MigrationError, migrate
 
     try:
