@@ -140,3 +140,26 @@ def test_migrate_of_a_directory_a_server_holds_says_so_and_to_stop_it(server: Se
     assert "a Tariff server" in line and "is running on" in line and "stop it first" in line, line
     assert "another --data-dir" not in line, line  # serve's advice; migrate is of this directory
     assert done.stdout == ""
+
+
+def test_a_backslash_in_a_name_prints_doubled(server: ServerProcess) -> None:
+    # README "Admin CLI": texts shown as Python writes them: a backslash as `\\`, so `Back\nslash` (a backslash
+    # and n) never reads as a name holding a line break (shown `Back\nslash`).
+    out = tariff(server, "customers", "show", "clileft-bs").stdout
+    assert ["name", "Back\\\\nslash"] in table_rows(out), out
+    shown = json.loads(tariff(server, "customers", "show", "clileft-bs", "--json").stdout)
+    assert shown["name"] == BACKSLASH_NAME  # --json: the text exactly
+
+
+def test_a_backslash_in_a_transaction_id_prints_doubled_in_explain(server: ServerProcess) -> None:
+    preview = json.loads(tariff(server, "invoices", "preview", "acme", "--json").stdout)
+    (line_id,) = [line["line_id"] for line in preview["lines"]]
+    rows = table_rows(tariff(server, "invoices", "explain", "acme", line_id).stdout)
+    assert any(row[0] == "clileft-\\\\x1b" for row in rows), rows
+
+
+def test_a_backslash_in_an_error_line_prints_doubled(server: ServerProcess) -> None:
+    # The failure line is escaped alike: the server quotes the id as Python does ('a\\b'); each backslash doubled.
+    done = tariff(server, "balance", "a\\b", check=False)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("tariff: INVALID_ARGUMENT: customer_id: 'a\\\\\\\\b' must be"), done.stderr
