@@ -270,7 +270,8 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     "--metrics-port",
     type=int,
     callback=_optional(_within(1, 65535)),
-    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, PORT 1 to 65535, not --listen's  [default: none]",
+    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, PORT 1 to 65535, not the gRPC listen port  "
+    "[default: none]",
 )
 @click.option("--log-format", type=click.Choice(oplog.LOG_FORMATS), default="text", help="the operator's log on stderr")
 @click.option(
