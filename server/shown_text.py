@@ -1,6 +1,7 @@
 """Which characters break or reverse how a text is shown: what a new request's free texts may not hold
 (server/convert.py check_shown_text), and what the CLI's tables escape in every text the server answers
-(server/admin/output.py, `shown_escaped`: those characters and the backslash). Only `re`: the command line imports it too."""
+(server/admin/output.py, `shown_escaped`: those characters and the backslash). Only `re`: the command line imports
+it too."""
 
 from __future__ import annotations
 
