@@ -486,9 +486,11 @@ def test_paging_refusals_contract_switch_and_restricted_keys(server_factory: Ser
             assert "w2" not in details
     cli_env = {"TARIFF_API_KEY": keys.key["s-portal"]}
     by_start = tariff(server, "invoices", "explain", "s", "use", "--period-start", "2026-01-20T12:00:00Z", env=cli_env)
-    assert ["line amount (credits)", "2.5"] in table_rows(by_start.stdout) and "late" in by_start.stdout, by_start.stdout
+    line_amount = ["line amount (credits)", "2.5"]
+    assert line_amount in table_rows(by_start.stdout) and "late" in by_start.stdout, by_start.stdout
     by_month = tariff(server, "invoices", "explain", "s", "use", "--period", "2026-01", env=cli_env)  # the earlier
-    assert ["line amount (credits)", "75"] in table_rows(by_month.stdout) and ["events", "150"] in table_rows(by_month.stdout)
+    month_rows = table_rows(by_month.stdout)
+    assert ["line amount (credits)", "75"] in month_rows and ["events", "150"] in month_rows
 
 
 def test_a_rerating_of_an_hour_holding_a_period_boundary_off_the_hour_is_refused(server_factory: ServerFactory) -> None:
