@@ -223,7 +223,8 @@ class DataDirLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> str | None:
-        """Takes the lock, or returns why not (without writing anything)."""
+        """Takes the lock, or returns the pid of the process holding it ("unknown" when it wrote none), without
+        writing anything; each caller says what to do about it (serve and migrate differ)."""
         handle = open(self.path, "a+")  # noqa: SIM115 - held open for the server's life; creates, never truncates
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -231,10 +232,7 @@ class DataDirLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            return (
-                f"the data directory {self.path.parent} is in use by another Tariff server (pid {holder}); "
-                "stop it, or give this one another --data-dir"
-            )
+            return holder
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -383,9 +381,14 @@ async def serve(config: ServeConfig) -> int:
         await server.stop(None)
         return 2
     lock = DataDirLock(config.data_dir)
-    locked_out = lock.acquire()
-    if locked_out is not None:
-        log.error("%s", locked_out)
+    holder = lock.acquire()
+    if holder is not None:
+        log.error(
+            "the data directory %s is in use by another Tariff server (pid %s); stop it, or give this one another "
+            "--data-dir",
+            config.data_dir,
+            holder,
+        )
         await server.stop(None)
         return 2
     try:

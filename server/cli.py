@@ -90,6 +90,21 @@ def _check_batch_events_max(batch_events_max: int, message_mb_max: int) -> None:
         )
 
 
+# --listen hosts whose port the metrics endpoint on 127.0.0.1 cannot take too: it, localhost and the wildcards.
+HOSTS_HOLDING_LOOPBACK = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::", ""})
+
+
+def _check_metrics_port(metrics_port: int | None, listen: str) -> None:
+    """A usage error when --metrics-port is the port gRPC listens on at 127.0.0.1: the server itself would hold it,
+    and the start's refusal said only that 127.0.0.1:PORT is already in use, as if another process held it."""
+    host, _, port = listen.rpartition(":")
+    if metrics_port is not None and port == str(metrics_port) and host.strip("[]") in HOSTS_HOLDING_LOOPBACK:
+        raise click.BadParameter(
+            f"{metrics_port} is the port of --listen {listen}: give the metrics endpoint a port of its own",
+            param_hint="'--metrics-port'",
+        )
+
+
 # gRPC reads --connection-idle-max as a 32-bit count of milliseconds: about 24 days.
 CONNECTION_IDLE_MS_MAX = 2**31 - 1
 
@@ -255,7 +270,8 @@ RESERVATION_TTL_MAX_S_MAX = 315_576_000_000
     "--metrics-port",
     type=int,
     callback=_optional(_within(1, 65535)),
-    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, PORT 1 to 65535  [default: none]",
+    help="serve Prometheus metrics on 127.0.0.1:PORT/metrics, PORT 1 to 65535, not the gRPC listen port  "
+    "[default: none]",
 )
 @click.option("--log-format", type=click.Choice(oplog.LOG_FORMATS), default="text", help="the operator's log on stderr")
 @click.option(
@@ -355,6 +371,7 @@ def serve(
     from server.snapshotting import SnapshotPolicy
 
     _check_batch_events_max(batch_events_max, message_mb_max)
+    _check_metrics_port(metrics_port, listen)
     try:
         close_grace_ms = parse_duration_ms(close_grace)
     except ValueError as exc:
@@ -398,7 +415,8 @@ def serve(
 @main.command(context_settings={"show_default": True})
 @click.option("--data-dir", type=click.Path(path_type=Path), default="./data", help="the data directory to migrate")
 def migrate(data_dir: Path) -> None:
-    """Migrate a data directory written by an earlier release (keeps the old journal in DIR/backup-v1/)."""
+    """Migrate a data directory written by an earlier release, with no server running on it (keeps the old journal
+    in DIR/backup-v1/)."""
     from server.migrate import MigrationError, migrate
 
     try:

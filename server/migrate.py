@@ -55,9 +55,12 @@ def migrate(data_dir: Path, *, map_size_bytes: int = 1024 * 1024 * 1024) -> str:
     lock = DataDirLock(data_dir)
     if not data_dir.is_dir():
         raise MigrationError(f"{data_dir} is not a directory")
-    refusal = lock.acquire()
-    if refusal is not None:
-        raise MigrationError(refusal)
+    holder = lock.acquire()
+    if holder is not None:
+        raise MigrationError(
+            f"a Tariff server (pid {holder}) is running on the data directory {data_dir} (it holds its LOCK): "
+            "stop it first, then migrate"
+        )
     try:
         return _migrate_locked(data_dir, map_size_bytes)
     finally:

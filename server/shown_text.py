@@ -1,6 +1,7 @@
 """Which characters break or reverse how a text is shown: what a new request's free texts may not hold
 (server/convert.py check_shown_text), and what the CLI's tables escape in every text the server answers
-(server/admin/output.py). Only `re`: the command line imports it too."""
+(server/admin/output.py, `shown_escaped`: those characters and the backslash). Only `re`: the command line imports
+it too."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import re
 # Right-to-left and left-to-right marks, embeddings, overrides and isolates (Unicode's Bidi_Control property).
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 LINE_BREAKS = frozenset("\n\r\x0b\x0c\x85\u2028\u2029")
-NOT_IN_A_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
+OUT_OF_A_LINE = f"\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}"  # controls, line breaks and bidi controls
+NOT_IN_A_LINE = re.compile(f"[{OUT_OF_A_LINE}]")
 # A note is written in lines: it may hold a line feed and a tab, and nothing else of those.
 NOT_IN_A_NOTE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
@@ -31,3 +33,14 @@ def escaped(text: str) -> str:
     `\\u202e`, `\\n`): one line that drives no terminal and reads in its order. Every other character is kept, so
     accents, CJK, Arabic and Hebrew letters and emoji show as they are."""
     return NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
+# What the CLI escapes: NOT_IN_A_LINE and the backslash. Left as it is, a backslash made two texts print the same: a
+# name holding `\` then `n` and one holding a line feed (escaped `\n`) both printed `\n`.
+NOT_SHOWN_AS_IT_IS = re.compile(f"[\\\\{OUT_OF_A_LINE}]")
+
+
+def shown_escaped(text: str) -> str:
+    """`text` as the CLI prints it for people: as `escaped` writes it, and each backslash doubled (`\\\\`), as Python
+    writes it too, so no two texts print the same."""
+    return NOT_SHOWN_AS_IT_IS.sub(lambda found: found.group().encode("unicode_escape").decode(), text)

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.admin import output
 from server.admin.output import Cell, echo_line, when
-from server.shown_text import escaped
+from server.shown_text import escaped, shown_escaped
 
 
 def test_a_period_starting_at_the_epoch_prints_its_time_not_a_blank() -> None:
@@ -123,7 +123,8 @@ def test_a_long_title_wraps_as_rich_wraps_it(
     assert printed(capsys, monkeypatch, -1, rows, title=None) == printed(capsys, monkeypatch, 10**9, rows, title=None)
 
 
-# Texts shown escaped (server/shown_text.py escaped, applied by print_table and echo_line).
+# Texts shown escaped (server/shown_text.py shown_escaped, applied by print_table and echo_line; escaped without the
+# backslash, for the server's field paths).
 
 
 def test_controls_line_breaks_and_bidi_controls_are_escaped_as_python_writes_them() -> None:
@@ -160,6 +161,14 @@ def test_a_table_shows_every_cell_header_and_title_escaped_on_one_line(
     assert lines[1].split() == ["transaction", "\\u202e", "region"]
     assert lines[3].split() == ["t-\\x1b[2J\\u2066\\n0", "\\x1b[31mred\\r\\nx"]
     assert not any(char in by_rich for char in "\x1b\u202e\u2066\r")
+
+
+def test_the_cli_doubles_a_backslash_so_no_two_texts_print_the_same() -> None:
+    """A backslash then `n` and a line feed printed alike (`\\n`); the CLI writes a backslash as Python does."""
+    for text in ("a\\nb", "a\nb", "\\x1b", "\x1b", "C:\\dir\\", "\\u202e\u202e"):
+        assert shown_escaped(text) == repr(text)[1:-1]
+    assert shown_escaped("a\\nb") != shown_escaped("a\nb")
+    assert escaped("a\\nb") == "a\\nb"  # the server's own (field paths) keeps it: its messages are unchanged
 
 
 def test_a_line_printed_for_people_is_escaped(capsys: pytest.CaptureFixture[str]) -> None:

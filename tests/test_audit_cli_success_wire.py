@@ -346,7 +346,7 @@ def test_a_rerated_line_shows_its_events_and_adjustments_apart_to_the_millisecon
     assert re.fullmatch(r"re-rated #\d+ v1->v2", adjustment[0]), adjustment
     assert adjustment[1:5] == ["2026-06-10 08:00:00.000Z", "0", "2", "1"]
     totals = dict(row for row in rows if len(row) == 2)
-    assert (totals["events"], totals["re-rating adjustments"], totals["line amount"]) == ("1", "1", "3")
+    assert (totals["events"], totals["re-rating adjustments"], totals["line amount (USD)"]) == ("1", "1", "3")
 
 
 def test_every_page_of_explain_and_of_invoices_list_once(server_factory: ServerFactory) -> None:

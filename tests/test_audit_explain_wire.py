@@ -375,7 +375,7 @@ def test_versions_retroactive_publish_rollback_and_override_explain_as_documente
         assert [r[0] for r in table if r[0] in {"e1", "e2", "e3", "e4"}] == ["e1", "e2", "e3", "e4"]
         labels = [r[0] for r in table if r[0].startswith("re-rated")]
         assert labels == [f"re-rated #{seqs[0]} v2->v3", f"re-rated #{seqs[1]} v3->v4"], cli.stdout
-        assert ["line amount", "11"] in table and ["line quantity", "14"] in table, cli.stdout
+        assert ["line amount (credits)", "11"] in table and ["line quantity", "14"] in table, cli.stdout
         assert ["events", "4"] in table and ["re-rating adjustments", "2"] in table, cli.stdout
         as_json = json.loads(tariff(server, "invoices", "explain", "v", "use", "--period", "2026-01", "--json").stdout)
         assert (as_json["line_amount"], as_json["line_quantity"], len(as_json["events"])) == ("11", "14", 6)
@@ -486,9 +486,11 @@ def test_paging_refusals_contract_switch_and_restricted_keys(server_factory: Ser
             assert "w2" not in details
     cli_env = {"TARIFF_API_KEY": keys.key["s-portal"]}
     by_start = tariff(server, "invoices", "explain", "s", "use", "--period-start", "2026-01-20T12:00:00Z", env=cli_env)
-    assert ["line amount", "2.5"] in table_rows(by_start.stdout) and "late" in by_start.stdout, by_start.stdout
+    line_amount = ["line amount (credits)", "2.5"]
+    assert line_amount in table_rows(by_start.stdout) and "late" in by_start.stdout, by_start.stdout
     by_month = tariff(server, "invoices", "explain", "s", "use", "--period", "2026-01", env=cli_env)  # the earlier
-    assert ["line amount", "75"] in table_rows(by_month.stdout) and ["events", "150"] in table_rows(by_month.stdout)
+    month_rows = table_rows(by_month.stdout)
+    assert ["line amount (credits)", "75"] in month_rows and ["events", "150"] in month_rows
 
 
 def test_a_rerating_of_an_hour_holding_a_period_boundary_off_the_hour_is_refused(server_factory: ServerFactory) -> None:

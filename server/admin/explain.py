@@ -23,25 +23,38 @@ if TYPE_CHECKING:
 PAGE_SIZE = 1_000
 
 
-def period_start_of(
+def period_of(
     client: TariffClient, customer_id: str, period: str | None, period_start: datetime | None
-) -> Timestamp:
-    """--period-start as given; --period YYYY-MM, the customer's period that starts in that month (as `invoices
-    preview` and `close` read it: a contract anchored mid-month has no period starting on the 1st); else the
-    customer's current period."""
+) -> tuple[Timestamp, invoices_pb2.Invoice | None]:
+    """The period's start: --period-start as given; --period YYYY-MM, the customer's period that starts in that month
+    (as `invoices preview` and `close` read it: a contract anchored mid-month has no period starting on the 1st); else
+    the customer's current period. With the draft (or final invoice) of the period when finding it read that."""
     from google.protobuf.timestamp_pb2 import Timestamp
     from tariff.v1 import invoices_pb2
 
     if period_start is not None:
         start = Timestamp()
         start.FromDatetime(period_start)
-        return start
+        return start, None
     if period:
-        return period_starting_in(client, customer_id, period).period_start
-    current: invoices_pb2.Invoice = client.invoices.PreviewInvoice(
-        invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id)
-    )
-    return current.period_start
+        found = period_starting_in(client, customer_id, period)
+    else:
+        found = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id))
+    return found.period_start, found
+
+
+def pricing_unit_of(
+    client: TariffClient, customer_id: str, start: Timestamp, invoice: invoices_pb2.Invoice | None
+) -> str:
+    """The pricing unit the line's amounts are in: its invoice's, which ExplainLineItem's answer does not name (one
+    more read when finding the period did not read the invoice)."""
+    from tariff.v1 import invoices_pb2
+
+    if invoice is None:
+        invoice = client.invoices.PreviewInvoice(
+            invoices_pb2.PreviewInvoiceRequest(customer_id=customer_id, period_start=start)
+        )
+    return invoice.pricing_unit
 
 
 @click.command()
@@ -69,13 +82,13 @@ def explain(
     page_token: str,
 ) -> None:
     """Why was CUSTOMER_ID charged LINE_ID? Every event behind the line: quantity, version, unit price, amount and
-    the credits it drew per grant; the amounts sum to the line's amount."""
+    the credits it drew per grant, in the invoice's pricing unit; the amounts sum to the line's amount."""
     from tariff.v1 import invoices_pb2
 
     events: list[invoices_pb2.ExplainedEvent] = []
     token = page_token
     with remote.client() as client:
-        start = period_start_of(client, customer_id, period, period_start)
+        start, invoice = period_of(client, customer_id, period, period_start)
         while True:
             request = invoices_pb2.ExplainLineItemRequest(
                 customer_id=customer_id,
@@ -89,14 +102,16 @@ def explain(
             token = page.next_page_token
             if not token or page_size:
                 break
-    if remote.as_json:
-        # The server's answer, its pages joined: ExplainLineItemResponse in protobuf's JSON mapping.
-        print_json(
-            invoices_pb2.ExplainLineItemResponse(
-                events=events, next_page_token=token, line_amount=page.line_amount, line_quantity=page.line_quantity
+        if remote.as_json:
+            # The server's answer, its pages joined: ExplainLineItemResponse in protobuf's JSON mapping.
+            print_json(
+                invoices_pb2.ExplainLineItemResponse(
+                    events=events, next_page_token=token, line_amount=page.line_amount, line_quantity=page.line_quantity
+                )
             )
-        )
-        return
+            return
+        pricing_unit = pricing_unit_of(client, customer_id, start, invoice)
+    unit = f" ({pricing_unit})" if pricing_unit else ""
     rows = [
         (
             e.transaction_id or adjustment_label(e),
@@ -110,13 +125,13 @@ def explain(
         )
         for e in events
     ]
-    columns = ("transaction", "time", "quantity", "version", "unit price", "amount", "credits drawn", "overage")
-    print_table(columns, rows, title=line_id)
+    prices = (f"unit price{unit}", f"amount{unit}", f"credits drawn{unit}", f"overage{unit}")
+    print_table(("transaction", "time", "quantity", "version", *prices), rows, title=line_id)
     print_fields(
         [
             ("events", sum(1 for e in events if not e.HasField("adjustment"))),
             ("re-rating adjustments", sum(1 for e in events if e.HasField("adjustment"))),
-            ("line amount", page.line_amount),
+            (f"line amount{unit}", page.line_amount),
             ("line quantity", page.line_quantity),
             ("next page token", token),
         ]

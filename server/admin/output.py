@@ -4,9 +4,10 @@ What people read shows every text the server answered on one line and in its ord
 break or bidirectional control in it (server/shown_text.py; a usage event's dimension value or transaction id is
 never checked for them, and records journaled before the server checked names and notes may hold them) is written
 escaped, as Python writes it (`\\x1b`, `\\u202e`, `\\n`), in every table cell, header and title and every line
-printed; so an ESC sequence drives no terminal, a U+202E reverses nothing and a CR/LF splits no row. Texts are
-rich's plain text, never its markup (`literal`): `[red]` or `:smile:` in a name prints as written. JSON carries
-the texts exactly (it escapes controls itself).
+printed; so an ESC sequence drives no terminal, a U+202E reverses nothing and a CR/LF splits no row. A backslash is
+written as Python writes it too (`\\\\`), so a text holding `\\` and `n` never prints as one holding a line feed.
+Texts are rich's plain text, never its markup (`literal`): `[red]` or `:smile:` in a name prints as written. JSON
+carries the texts exactly (it escapes controls itself).
 
 JSON is protobuf's JSON mapping with the proto field names (`customer_id`), empty scalars, lists and maps
 included (unset message fields, such as a time, left out); decimal amounts stay strings and 64-bit integers
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from server.shown_text import escaped
+from server.shown_text import shown_escaped
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -100,10 +101,10 @@ COLUMN_GAP = "   "  # between two columns of a SIMPLE_HEAD table without edge pa
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Cell]], title: str | None = None) -> None:
-    """The table for people: every text escaped first (`escaped`), so both ways of writing it print the same."""
-    texts = [tuple("" if cell is None else escaped(str(cell)) for cell in row) for row in rows]
-    columns = [escaped(column) for column in columns]
-    title = None if title is None else escaped(title)
+    """The table for people: every text escaped first (`shown_escaped`), so both ways of writing it print the same."""
+    texts = [tuple("" if cell is None else shown_escaped(str(cell)) for cell in row) for row in rows]
+    columns = [shown_escaped(column) for column in columns]
+    title = None if title is None else shown_escaped(title)
     out = console()
     fast = plain_rows_lines(out, columns, texts, title) if len(texts) > PLAIN_ROWS_MIN else None
     if fast is not None:
@@ -166,8 +167,8 @@ def plain_rows_lines(
 
 
 def echo_line(text: str, err: bool = False) -> None:
-    """One line for people (a watched alert or balance, a failure on stderr), its texts escaped (`escaped`)."""
-    click.echo(escaped(text), err=err)
+    """One line for people (a watched alert or balance, a failure on stderr), its texts escaped (`shown_escaped`)."""
+    click.echo(shown_escaped(text), err=err)
 
 
 def print_fields(fields: Sequence[tuple[str, Cell]], title: str | None = None) -> None:

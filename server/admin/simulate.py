@@ -27,7 +27,7 @@ def simulate(
     customer_ids: tuple[str, ...],
 ) -> None:
     """What VERSION (a draft too) would have charged for the usage recorded between --from and --to, per
-    customer and product, and in all; changes nothing."""
+    customer and product, and in all, in the rate card's pricing unit; changes nothing."""
     from tariff.v1 import pricing_pb2
 
     if period_end <= period_start:
@@ -41,10 +41,19 @@ def simulate(
     )
     with remote.client() as client:
         result = client.pricing.SimulateVersion(request)
-    if remote.as_json:
-        print_json(result)
-        return
+        if remote.as_json:
+            print_json(result)
+            return
+        # The amounts are in the card's pricing unit, which the answer does not name: one more read for the labels.
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
+    unit = f" ({card.pricing_unit})" if card.pricing_unit else ""
     rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in result.amounts]
-    print_table(("customer", "product", "current", "simulated", "delta"), rows)
+    print_table(("customer", "product", f"current{unit}", f"simulated{unit}", f"delta{unit}"), rows)
     totals = result.totals
-    print_fields([("current", totals.current_amount), ("simulated", totals.simulated_amount), ("delta", totals.delta)])
+    print_fields(
+        [
+            (f"current{unit}", totals.current_amount),
+            (f"simulated{unit}", totals.simulated_amount),
+            (f"delta{unit}", totals.delta),
+        ]
+    )

@@ -270,7 +270,7 @@ def versions(remote: Remote, rate_card_id: str) -> None:
 @remote_command
 def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) -> None:
     """What changed from FROM_VERSION to TO_VERSION (drafts too): parameters, rates, and each price field
-    that differs with its formula and evaluated price on both sides."""
+    that differs with its formula and evaluated price on both sides (prices in the rate card's pricing unit)."""
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.DiffVersionsRequest(
@@ -278,20 +278,23 @@ def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) 
     )
     with remote.client() as client:
         changes = client.pricing.DiffVersions(request)
-    if remote.as_json:
-        print_json(changes)
-        return
-    if not changes.parameters and not changes.rates:
-        click.echo(f"versions {from_version} and {to_version} of {rate_card_id!r} hold the same prices")
-        return
+        if remote.as_json:
+            print_json(changes)
+            return
+        if not changes.parameters and not changes.rates:
+            click.echo(f"versions {from_version} and {to_version} of {rate_card_id!r} hold the same prices")
+            return
+        # The prices are in the card's pricing unit, which the answer does not name: one more read for the labels.
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
     kind = pricing_pb2.ChangeKind.Name
     print_table(
         ("change", "parameter", f"v{from_version}", f"v{to_version}"),
         [(kind(p.kind), p.name, p.old_value, p.new_value) for p in changes.parameters],
         title="parameters",
     )
+    price = f"price ({card.pricing_unit})" if card.pricing_unit else "price"
     print_table(
-        ("change", "product", "match", "field", f"v{from_version} formula", "price", f"v{to_version} formula", "price"),
+        ("change", "product", "match", "field", f"v{from_version} formula", price, f"v{to_version} formula", price),
         [row for change in changes.rates for row in rate_change_rows(change)],
         title="rates",
     )
