@@ -1,0 +1,410 @@
+"""An audit of README "Changing prices safely" (to "Credits and the gateway") against the server on the wire, for
+the statements with amounts and edges the earlier pricing audits leave unpinned: a version effective exactly at an
+hour boundary, a simulation over a window holding a version switch, GRADUATED and VOLUME tiers at the exact tier
+edge, PACKAGE remainders across a re-rated hour, override prices with per_units, same-price publishes, rollbacks'
+copies and diffs. Every amount asserted is computed by hand in the test's docstring.
+
+One server for the module (`--close-grace off`: nothing closes by itself). Product `units` (event type `work`, SUM
+of `n`, priced on `model`). Each test makes its own rate card and customer, named after it (contract from
+2026-03-01, a monthly period, open), so no test sees another's versions or usage, and the tests run in any order.
+H(n) is 2026-03-01 plus n hours."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from tariff import TariffClient
+from tariff.v1 import contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from tests.audit_fixtures import HOUR_MS, audit_count, open_contract, preview, refusal, serving
+from tests.serverproc import ServerProcess
+from tests.test_audit_invoices_wire import ms, ts
+
+MAR = ms("2026-03-01T00:00:00")
+MINUTE_MS = 60_000
+S = grpc.StatusCode
+
+
+def H(hours: int) -> int:
+    return MAR + hours * HOUR_MS
+
+
+def _catalogue(client: TariffClient) -> None:
+    product = pricing_pb2.Product(
+        id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["model"]
+    )
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp("audit-pricesafe") / "data", extra_args=["--close-grace", "off"])
+    yield from serving(process, _catalogue)
+
+
+def unit(price: str, per_units: str = "", **match: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(
+        product_id="units", match=match, unit=pricing_pb2.UnitPrice(price=price, per_units=per_units)
+    )
+
+
+def tiered(
+    mode: pricing_pb2.TierMode, tiers: list[tuple[str, str, str]], per_units: str = "", **match: str
+) -> pricing_pb2.Rate:
+    """Tiers as (up_to, unit_price, flat_price)."""
+    listed = [pricing_pb2.Tier(up_to=u, unit_price=p, flat_price=f) for u, p, f in tiers]
+    return pricing_pb2.Rate(
+        product_id="units", match=match, tiered=pricing_pb2.TieredPrice(mode=mode, tiers=listed, per_units=per_units)
+    )
+
+
+def package(size: str, price: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(
+        product_id="units", package=pricing_pb2.PackagePrice(package_size=size, package_price=price)
+    )
+
+
+def draft(client: TariffClient, card: str, base: int, *rates: pricing_pb2.Rate) -> int:
+    request = pricing_pb2.CreateDraftVersionRequest(rate_card_id=card, based_on_version=base, upsert_rates=rates)
+    return int(client.pricing.CreateDraftVersion(request).version)
+
+
+def publish(
+    client: TariffClient, card: str, version: int, at_ms: int, cohort: pricing_pb2.Cohort | None = None
+) -> pricing_pb2.PublishVersionResponse:
+    request = pricing_pb2.PublishVersionRequest(rate_card_id=card, version=version, effective_from=ts(at_ms))
+    if cohort is not None:
+        request.cohort.CopyFrom(cohort)
+    answer: pricing_pb2.PublishVersionResponse = client.pricing.PublishVersion(request)
+    return answer
+
+
+def rollback(client: TariffClient, card: str, to_version: int, at_ms: int) -> pricing_pb2.PublishVersionResponse:
+    request = pricing_pb2.RollbackRateCardRequest(rate_card_id=card, to_version=to_version, effective_from=ts(at_ms))
+    answer: pricing_pb2.PublishVersionResponse = client.pricing.RollbackRateCard(request)
+    return answer
+
+
+def card_with_customer(client: TariffClient, name: str, *rates: pricing_pb2.Rate) -> None:
+    """Rate card `name` whose version 1 (`rates`) is in force from 2026-03-01, and customer `name` on it."""
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=name, name=name, pricing_unit="USD"))
+    draft(client, name, 0, *rates)
+    publish(client, name, 1, MAR)
+    open_contract(client, name, f"k-{name}", MAR, rate_card_id=name)
+
+
+def send(client: TariffClient, customer_id: str, transaction_id: str, at_ms: int, n: float, **dims: str) -> None:
+    event = usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type="work",
+        timestamp_ms=at_ms,
+        values={"n": n},
+        dimensions=dims,
+    )
+    ack = client.ingest_batch([event], batch_id=f"b-{transaction_id}")
+    assert ack.accepted == 1, ack.rejected
+
+
+def march(client: TariffClient, customer_id: str) -> invoices_pb2.Invoice:
+    return preview(client, customer_id, MAR)
+
+
+def counts(done: pricing_pb2.PublishVersionResponse) -> tuple[int, int, int, str]:
+    return done.customers_rerated, done.buckets_rerated, done.events_rerated, done.rerated_amount_delta
+
+
+def simulate(
+    client: TariffClient, card: str, version: int, start_ms: int, end_ms: int, *customers: str
+) -> list[tuple[str, str, str, str]]:
+    """(customer, current, simulated, delta) of every amount, then the totals as ("total", ...)."""
+    request = pricing_pb2.SimulateVersionRequest(
+        rate_card_id=card, version=version, period_start=ts(start_ms), period_end=ts(end_ms), customer_ids=customers
+    )
+    answer = client.pricing.SimulateVersion(request)
+    rows = [(a.customer_id, a.current_amount, a.simulated_amount, a.delta) for a in answer.amounts]
+    t = answer.totals
+    return [*rows, ("total", t.current_amount, t.simulated_amount, t.delta)]
+
+
+def test_a_version_effective_exactly_at_an_hour_prices_that_hours_usage_and_re_rates_only_it(
+    server: ServerProcess,
+) -> None:
+    """README: publish "from an hour", "usage before that hour keeps the old price"; a publish before usage already
+    rated re-rates "each [bucket] by the version in force for its hour". Version 1 is 1 a unit. 10 units at
+    01:59:59.999 (H(2) - 1 ms) and 10 at 02:00:00.000 (H(2)) are 10 + 10 = 20. Version 2 (3 a unit) published from
+    H(2) re-rates the 02:00 bucket only: 1 customer, 1 bucket, 1 event, delta 30 - 10 = 20; the line is 10 + 30 =
+    40, 10 units at version 1 and 10 at version 2; GetVersion at H(2) - 1 ms is version 1, at H(2) version 2."""
+    with server.client() as client:
+        card_with_customer(client, "edge", unit("1"))
+        send(client, "edge", "edge-before", H(2) - 1, 10)
+        send(client, "edge", "edge-at", H(2), 10)
+        assert march(client, "edge").subtotal == "20"
+
+        done = publish(client, "edge", draft(client, "edge", 1, unit("3")), H(2))
+        assert counts(done) == (1, 1, 1, "20")
+        (line,) = march(client, "edge").lines
+        assert (line.amount, [(p.version, p.quantity) for p in line.prices]) == ("40", [(1, "10"), (2, "10")])
+
+        def at(at_ms: int) -> int:
+            request = pricing_pb2.GetVersionRequest(rate_card_id="edge", at=ts(at_ms))
+            return int(client.pricing.GetVersion(request).version)
+
+        assert (at(H(2) - 1), at(H(2))) == (1, 2)
+
+
+def test_a_simulation_over_a_window_holding_a_version_switch_prices_every_hour_of_it_by_the_simulated_version(
+    server: ServerProcess,
+) -> None:
+    """README: "Every hour of the window is priced by the simulated version", the window widened to whole hours,
+    and "the simulated amounts are what a publish from the window's start re-rates to". Version 1 (1 a unit) from
+    H(0), version 2 (2 a unit) published ahead from H(2); 10 units at H(1) + 5 min (10) and 10 at H(3) + 5 min (20):
+    30 now. Version 3 (3 a unit) simulated over [H(0), H(4)): 30 now, 60 simulated, delta 30; over [H(2), H(4)):
+    20, 30, 10 (the 01:00 bucket only walked); over [H(1) + 30 min, H(2) + 1 ms), widened to [H(1), H(3)): the
+    01:00 bucket, 10, 30, 20. The simulation changes nothing (still 30); publishing version 3 from H(2) re-rates by
+    the simulated delta 10: 40."""
+    with server.client() as client:
+        card_with_customer(client, "switch", unit("1"))
+        publish(client, "switch", draft(client, "switch", 1, unit("2")), H(2))
+        send(client, "switch", "switch-1", H(1) + 5 * MINUTE_MS, 10)
+        send(client, "switch", "switch-3", H(3) + 5 * MINUTE_MS, 10)
+        v3 = draft(client, "switch", 1, unit("3"))
+        assert simulate(client, "switch", v3, H(0), H(4)) == [("switch", "30", "60", "30"), ("total", "30", "60", "30")]
+        assert simulate(client, "switch", v3, H(2), H(4))[0] == ("switch", "20", "30", "10")
+        widened = simulate(client, "switch", v3, H(1) + 30 * MINUTE_MS, H(2) + 1)
+        assert widened[0] == ("switch", "10", "30", "20")
+        assert march(client, "switch").subtotal == "30"
+
+        done = publish(client, "switch", v3, H(2))
+        assert (done.rerated_amount_delta, march(client, "switch").subtotal) == ("10", "40")
+
+
+def test_graduated_tiers_at_the_exact_edge_enter_no_next_tier_and_a_re_rating_from_the_edge_hour_prices_the_step(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto Tier: "covers quantities up to this bound (inclusive)", a tier's flat_price "added once when the
+    tier is entered". Version 1 GRADUATED: up to 10 at 1 + flat 5, then 0.5 + flat 3. 10 units at H(1): p1(10) = 10
+    + 5 = 15 (the second tier not entered: no 3); 1 more at H(2): p1(11) - p1(10) = 0.5 + 3 = 3.5; line 18.5.
+    Version 2 (up to 10 at 2 + flat 5, then 1 + flat 4) published from H(2) re-rates the 02:00 bucket over the
+    cumulative quantity: p2(11) - p2(10) = 1 + 4 = 5; the 01:00 hour keeps 15: line 20, delta 1.5."""
+    with server.client() as client:
+        card_with_customer(client, "gradedge", tiered(pricing_pb2.GRADUATED, [("10", "1", "5"), ("", "0.5", "3")]))
+        send(client, "gradedge", "gradedge-1", H(1), 10)
+        assert march(client, "gradedge").subtotal == "15"
+        send(client, "gradedge", "gradedge-2", H(2), 1)
+        assert march(client, "gradedge").subtotal == "18.5"
+
+        v2 = draft(client, "gradedge", 1, tiered(pricing_pb2.GRADUATED, [("10", "2", "5"), ("", "1", "4")]))
+        done = publish(client, "gradedge", v2, H(2))
+        assert counts(done) == (1, 1, 1, "1.5")
+        assert march(client, "gradedge").subtotal == "20"
+
+
+def test_volume_tiers_at_the_exact_edge_simulate_the_whole_quantity_at_the_lower_tier(server: ServerProcess) -> None:
+    """pricing.proto TierMode VOLUME: "the tier the whole quantity reaches prices all of it", up_to inclusive.
+    Version 1 VOLUME: up to 10 at 2 + flat 1, then 1: 10 units at H(1) are 2 x 10 + 1 = 21; 1 more at H(2): p1(11)
+    = 11, charged 11 - 21 = -10 (it gives back no more than the line's 21): line 11. Version 2 VOLUME (up to 10 at
+    3, then 1) simulated over [H(1), H(2)): the 01:00 bucket, 21 now, p2(10) = 30 simulated, delta 9; over [H(0),
+    H(3)): p2(11) = 11, so 11 now, 11 simulated, delta 0."""
+    with server.client() as client:
+        card_with_customer(client, "voledge", tiered(pricing_pb2.VOLUME, [("10", "2", "1"), ("", "1", "")]))
+        send(client, "voledge", "voledge-1", H(1), 10)
+        assert march(client, "voledge").subtotal == "21"
+        send(client, "voledge", "voledge-2", H(2), 1)
+        assert march(client, "voledge").subtotal == "11"
+
+        v2 = draft(client, "voledge", 1, tiered(pricing_pb2.VOLUME, [("10", "3", ""), ("", "1", "")]))
+        assert simulate(client, "voledge", v2, H(1), H(2))[0] == ("voledge", "21", "30", "9")
+        assert simulate(client, "voledge", v2, H(0), H(3))[0] == ("voledge", "11", "11", "0")
+
+
+def test_package_remainders_re_rated_from_a_later_hour_are_priced_over_the_periods_cumulative_quantity(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto PackagePrice: quantity rounded up to whole packages; README: re-rated buckets priced "over the
+    period's cumulative quantity (so ... packages that straddle the effective hour come out as if the version had
+    always been in force)". Version 1: packages of 10 at 5. 25 units at H(1): 3 packages, 15; 5 at H(2): 30 units
+    are still 3 packages, 0; 1 at H(3): 4 packages, 5. Line 20. Version 2 (packages of 7 at 4) from H(2): H(2)
+    p2(30) - p2(25) = 4 x 5 - 4 x 4 = 4; H(3) p2(31) - p2(30) = 4 x 5 - 4 x 5 = 0; 01:00 keeps 15: line 19. Two
+    buckets re-rated (both changed), 2 events, delta (4 + 0) - (0 + 5) = -1. Simulating version 2 over [H(2), H(4))
+    beforehand says the same: 5 now, 4 simulated, delta -1."""
+    with server.client() as client:
+        card_with_customer(client, "pkgrem", package("10", "5"))
+        for name, at_ms, n in (("a", H(1), 25), ("b", H(2), 5), ("c", H(3), 1)):
+            send(client, "pkgrem", f"pkgrem-{name}", at_ms, n)
+        assert march(client, "pkgrem").subtotal == "20"
+
+        v2 = draft(client, "pkgrem", 1, package("7", "4"))
+        assert simulate(client, "pkgrem", v2, H(2), H(4))[0] == ("pkgrem", "5", "4", "-1")
+        assert counts(publish(client, "pkgrem", v2, H(2))) == (1, 2, 2, "-1")
+        assert march(client, "pkgrem").subtotal == "19"
+
+
+def test_an_override_price_is_per_the_per_units_of_the_version_in_force_so_a_per_units_change_re_rates_it(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto PriceOverride.price: UNIT "the price per the rate's per_units (per_units is kept)"; TIERED
+    "a flat unit price per the rate's per_units for the whole quantity; the tiers and their flat fees are dropped".
+    Version 1: model t GRADUATED (up to 1000 at 0.05 + flat 1, then 0.03) per 1000; model u 9 per 100. Overrides
+    (before any usage): t at 0.02, u at 0.5. 5,000 t units at H(1): 5 x 0.02 = 0.1 (not the tiers' 1 + 0.05 + 0.12
+    = 1.17); 250 u units: 2.5 x 0.5 = 1.25; subtotal 1.35. Version 2, the same prices per 500 (t) and per 50 (u),
+    simulated over March, then published from 2026-03-01: t 10 x 0.02 = 0.2, u 5 x 0.5 = 2.5: 2.7, delta 1.35; 2
+    buckets, 2 events, 1 customer."""
+    with server.client() as client:
+        t_tiers = [("1000", "0.05", "1"), ("", "0.03", "")]
+        card_with_customer(
+            client, "perov", tiered(pricing_pb2.GRADUATED, t_tiers, "1000", model="t"), unit("9", "100", model="u")
+        )
+        for model, price in (("t", "0.02"), ("u", "0.5")):
+            override = contracts_pb2.PriceOverride(product_id="units", match={"model": model}, price=price)
+            client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id="k-perov", override=override))
+        send(client, "perov", "perov-t", H(1), 5000, model="t")
+        send(client, "perov", "perov-u", H(1), 250, model="u")
+        amounts = {line.dimensions["model"]: line.amount for line in march(client, "perov").lines}
+        assert amounts == {"t": "0.1", "u": "1.25"}
+
+        v2 = draft(
+            client, "perov", 1, tiered(pricing_pb2.GRADUATED, t_tiers, "500", model="t"), unit("9", "50", model="u")
+        )
+        assert simulate(client, "perov", v2, MAR, H(2)) == [
+            ("perov", "1.35", "2.7", "1.35"),
+            ("total", "1.35", "2.7", "1.35"),
+        ]
+        assert counts(publish(client, "perov", v2, MAR)) == (1, 2, 2, "1.35")
+        amounts = {line.dimensions["model"]: line.amount for line in march(client, "perov").lines}
+        assert amounts == {"t": "0.2", "u": "2.5"}
+
+
+def test_a_same_price_publish_counts_its_customer_and_leaves_adjustments_citing_equal_amounts(
+    server: ServerProcess,
+) -> None:
+    """README: a customer none of whose buckets changes its amount has "its buckets only change version, each still
+    with an adjustment entry, old and new amount equal ... it still counts in the reply's customers re-rated".
+    Version 1 at 1 a unit; 10 units at H(1), 5 at H(2): 15. Version 2 with the same price from 2026-03-01: 1
+    customer, 2 buckets, 2 events, delta 0; the line stays 15 with two adjustments, H(1) from [1] to 2, 10 -> 10,
+    and H(2), 5 -> 5, each delta 0."""
+    with server.client() as client:
+        card_with_customer(client, "sameprice", unit("1"))
+        send(client, "sameprice", "sameprice-1", H(1), 10)
+        send(client, "sameprice", "sameprice-2", H(2), 5)
+        assert counts(publish(client, "sameprice", draft(client, "sameprice", 1, unit("1")), MAR)) == (1, 2, 2, "0")
+        (line,) = march(client, "sameprice").lines
+        rows = [
+            (a.hour.ToMilliseconds(), list(a.old_versions), a.new_version, a.old_amount, a.new_amount, a.delta)
+            for a in line.adjustments
+        ]
+        assert line.amount == "15"
+        assert rows == [(H(1), [1], 2, "10", "10", "0"), (H(2), [1], 2, "5", "5", "0")]
+
+
+def test_a_rollbacks_copy_carries_its_note_its_prices_and_diffs_empty_against_the_version_it_copies(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto RollbackRateCardRequest: the copy is version latest+1, PUBLISHED, based_on_version =
+    rollback_to_version = to_version, rollback_from_version = the version it replaced, no cohort, the change note
+    "rollback of version F to version T: a copy of version T, effective from <time>"; RateCardVersion.created_by is
+    the rollback's actor; README: "Every step is an audit entry naming who did it". Version 1 at 1 a unit, version
+    2 at 2 from H(2); 10 units at H(3): 20. finance-lead rolls back to version 1 from H(3): version 3, from 2, note
+    "rollback of version 2 to version 1: a copy of version 1, effective from 2026-03-01T03:00:00Z", 1 bucket
+    re-rated, delta -10, the line 10. Diff 1 -> 3 is empty; 2 -> 3 is the one rate CHANGED, unit.price 2 -> 1. The
+    audit entry: RollbackRateCard by finance-lead on rate_card/rbcopy/version/3, its diff naming version 3,
+    rollback_from 2, rollback_to 1 and effective_from_ms H(3)."""
+    with server.client() as client, server.client(actor="finance-lead") as finance:
+        card_with_customer(client, "rbcopy", unit("1"))
+        publish(client, "rbcopy", draft(client, "rbcopy", 1, unit("2")), H(2))
+        send(client, "rbcopy", "rbcopy-1", H(3), 10)
+        done = rollback(finance, "rbcopy", 1, H(3))
+        copy = done.version
+        assert (copy.version, copy.state, copy.based_on_version, copy.rollback_to_version) == (
+            3,
+            pricing_pb2.PUBLISHED,
+            1,
+            1,
+        )
+        assert (copy.rollback_from_version, copy.HasField("cohort"), copy.created_by) == (2, False, "finance-lead")
+        assert copy.change_note == "rollback of version 2 to version 1: a copy of version 1, effective from " + (
+            "2026-03-01T03:00:00Z"
+        )
+        assert list(copy.rates) == [unit("1")]
+        assert counts(done) == (1, 1, 1, "-10") and march(client, "rbcopy").subtotal == "10"
+
+        def diff(old: int, new: int) -> pricing_pb2.DiffVersionsResponse:
+            request = pricing_pb2.DiffVersionsRequest(rate_card_id="rbcopy", from_version=old, to_version=new)
+            answer: pricing_pb2.DiffVersionsResponse = client.pricing.DiffVersions(request)
+            return answer
+
+        assert diff(1, 3) == pricing_pb2.DiffVersionsResponse()
+        (change,) = diff(2, 3).rates
+        assert (change.kind, [(f.path, f.old_price, f.new_price) for f in change.fields]) == (
+            pricing_pb2.CHANGED,
+            [("unit.price", "2", "1")],
+        )
+        request = pricing_pb2.GetAuditLogRequest(target="rate_card/rbcopy/version/3")
+        (entry,) = client.pricing.GetAuditLog(request).entries
+        assert (entry.action, entry.actor) == ("RollbackRateCard", "finance-lead")
+        written = json.loads(entry.diff)
+        assert (written["version"], written["rollback_from"], written["rollback_to"]) == (3, 2, 1)
+        assert written["effective_from_ms"] == H(3)
+
+
+def test_refused_rollbacks_change_nothing_no_version_no_audit_entry_no_charge(server: ServerProcess) -> None:
+    """README Rollback: "Refused, changing nothing": to a draft (FAILED_PRECONDITION), to an unknown version
+    (NOT_FOUND), to prices already in force (FAILED_PRECONDITION naming the version in force), when no version is in
+    force then (FAILED_PRECONDITION), an effective_from off the hour (INVALID_ARGUMENT naming it). Version 1 (1 a
+    unit) is in force from H(5), version 2 a draft; 10 units at H(6): 10. Rollbacks to 2 from H(6) (a draft), to 9
+    (unknown), to 1 from H(6) (version 1 in force), to 1 from H(2) (nothing in force) and to 1 from H(6) + 1 min
+    (off the hour) are refused; after them the card's latest version is still 2, the audit log has no new entry
+    and the charge is still 10."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="rbno", name="rbno", pricing_unit="USD"))
+        draft(client, "rbno", 0, unit("1"))
+        publish(client, "rbno", 1, H(5))
+        open_contract(client, "rbno", "k-rbno", MAR, rate_card_id="rbno")
+        send(client, "rbno", "rbno-1", H(6), 10)
+        draft(client, "rbno", 1, unit("2"))
+        before = audit_count(client)
+
+        code, details = refusal(lambda: rollback(client, "rbno", 2, H(6)))
+        assert code == S.FAILED_PRECONDITION, details
+        code, details = refusal(lambda: rollback(client, "rbno", 9, H(6)))
+        assert code == S.NOT_FOUND and "9" in details, details
+        code, details = refusal(lambda: rollback(client, "rbno", 1, H(6)))
+        assert code == S.FAILED_PRECONDITION and "version 1" in details, details
+        code, details = refusal(lambda: rollback(client, "rbno", 1, H(2)))
+        assert code == S.FAILED_PRECONDITION, details
+        code, details = refusal(lambda: rollback(client, "rbno", 1, H(6) + MINUTE_MS))
+        assert code == S.INVALID_ARGUMENT and "effective_from" in details, details
+
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="rbno")).latest_version == 2
+        assert audit_count(client) == before and march(client, "rbno").subtotal == "10"
+
+
+def test_diff_of_a_version_with_itself_and_of_a_cohorts_version_with_the_same_prices_for_everyone_is_empty(
+    server: ServerProcess,
+) -> None:
+    """README Diff: "A version compared with itself gives an empty answer"; "Prices are compared, not whom a
+    version prices: a cohort's version and the same prices for everyone diff empty"; "an unknown card or version is
+    NOT_FOUND, naming it". Version 2 (2 a unit) published for the cohort [dself]; version 3, the same price, for
+    everyone; draft 4 at 5. Diff 2 -> 2, 4 -> 4, 2 -> 3 and 3 -> 2 are empty; 3 -> 4 is unit.price 2 -> 5; 3 -> 7
+    is NOT_FOUND naming 7, card "nocard" NOT_FOUND naming it."""
+    with server.client() as client:
+        card_with_customer(client, "dself", unit("1"))
+        publish(client, "dself", draft(client, "dself", 1, unit("2")), H(1), pricing_pb2.Cohort(customer_ids=["dself"]))
+        publish(client, "dself", draft(client, "dself", 1, unit("2")), H(2))
+        draft(client, "dself", 1, unit("5"))
+
+        def diff(old: int, new: int, card: str = "dself") -> pricing_pb2.DiffVersionsResponse:
+            request = pricing_pb2.DiffVersionsRequest(rate_card_id=card, from_version=old, to_version=new)
+            answer: pricing_pb2.DiffVersionsResponse = client.pricing.DiffVersions(request)
+            return answer
+
+        empty = pricing_pb2.DiffVersionsResponse()
+        assert [diff(2, 2), diff(4, 4), diff(2, 3), diff(3, 2)] == [empty] * 4
+        assert [(f.path, f.new_price) for r in diff(3, 4).rates for f in r.fields] == [("unit.price", "5")]
+        code, details = refusal(lambda: diff(3, 7))
+        assert code == S.NOT_FOUND and "7" in details, details
+        code, details = refusal(lambda: diff(1, 2, "nocard"))
+        assert code == S.NOT_FOUND and "nocard" in details, details
