@@ -5,7 +5,7 @@ edge, PACKAGE remainders across a re-rated hour, override prices with per_units,
 copies and diffs. Every amount asserted is computed by hand in the test's docstring.
 
 One server for the module (`--close-grace off`: nothing closes by itself). Product `units` (event type `work`, SUM
-of `n`, priced on `model`). Each test makes its own rate card and customer, named after it (contract from
+of `n`, priced on `model`), and `a` and `b` (event types `ea` and `eb`, the same otherwise). Each test makes its own rate card and customer, named after it (contract from
 2026-03-01, a monthly period, open), so no test sees another's versions or usage, and the tests run in any order.
 H(n) is 2026-03-01 plus n hours."""
 
@@ -33,10 +33,15 @@ def H(hours: int) -> int:
 
 
 def _catalogue(client: TariffClient) -> None:
-    product = pricing_pb2.Product(
-        id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n", pricing_dimensions=["model"]
-    )
-    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    for product_id, event_type in (("units", "work"), ("a", "ea"), ("b", "eb")):
+        product = pricing_pb2.Product(
+            id=product_id,
+            event_type=event_type,
+            aggregation=pricing_pb2.SUM,
+            value_key="n",
+            pricing_dimensions=["model"],
+        )
+        client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +50,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from serving(process, _catalogue)
 
 
-def unit(price: str, per_units: str = "", **match: str) -> pricing_pb2.Rate:
+def unit(price: str, per_units: str = "", product_id: str = "units", **match: str) -> pricing_pb2.Rate:
     return pricing_pb2.Rate(
-        product_id="units", match=match, unit=pricing_pb2.UnitPrice(price=price, per_units=per_units)
+        product_id=product_id, match=match, unit=pricing_pb2.UnitPrice(price=price, per_units=per_units)
     )
 
 
@@ -88,19 +93,28 @@ def rollback(client: TariffClient, card: str, to_version: int, at_ms: int) -> pr
     return answer
 
 
-def card_with_customer(client: TariffClient, name: str, *rates: pricing_pb2.Rate) -> None:
-    """Rate card `name` whose version 1 (`rates`) is in force from 2026-03-01, and customer `name` on it."""
-    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=name, name=name, pricing_unit="USD"))
+def card_with_customer(client: TariffClient, name: str, *rates: pricing_pb2.Rate, pricing_unit: str = "USD") -> None:
+    """Rate card `name` whose version 1 (`rates`) is in force from 2026-03-01, and customer `name` on it (contract
+    `k-name`, ALLOW, overage at 1 USD)."""
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=name, name=name, pricing_unit=pricing_unit))
     draft(client, name, 0, *rates)
     publish(client, name, 1, MAR)
     open_contract(client, name, f"k-{name}", MAR, rate_card_id=name)
 
 
-def send(client: TariffClient, customer_id: str, transaction_id: str, at_ms: int, n: float, **dims: str) -> None:
+def send(
+    client: TariffClient,
+    customer_id: str,
+    transaction_id: str,
+    at_ms: int,
+    n: float,
+    event_type: str = "work",
+    **dims: str,
+) -> None:
     event = usage_pb2.UsageEvent(
         transaction_id=transaction_id,
         customer_id=customer_id,
-        event_type="work",
+        event_type=event_type,
         timestamp_ms=at_ms,
         values={"n": n},
         dimensions=dims,
@@ -408,3 +422,86 @@ def test_diff_of_a_version_with_itself_and_of_a_cohorts_version_with_the_same_pr
         assert code == S.NOT_FOUND and "7" in details, details
         code, details = refusal(lambda: diff(1, 2, "nocard"))
         assert code == S.NOT_FOUND and "nocard" in details, details
+
+
+def promotional(client: TariffClient, customer_id: str, grant_id: str, amount: str, priority: int, *only: str) -> None:
+    grant = contracts_pb2.Grant(
+        id=grant_id,
+        contract_id=f"k-{customer_id}",
+        kind=contracts_pb2.PROMOTIONAL,
+        amount=amount,
+        paid_amount="0",
+        priority=priority,
+        applicable_product_ids=only,
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+
+
+def settled(client: TariffClient, customer_id: str) -> tuple[str, str, dict[str, str]]:
+    """March's (subtotal, overage_amount, credits applied per grant)."""
+    invoice = march(client, customer_id)
+    return invoice.subtotal, invoice.overage_amount, {c.grant_id: c.credits for c in invoice.credits_applied}
+
+
+def g1_g2_hour(client: TariffClient, name: str) -> None:
+    """Card `name` in credits (a, b and b of model x at 1 a unit), g1 (20, any product, burns first) and g2 (10,
+    `b` only); in H(1) an event charging b 20 then one charging a 6; 1 unit of b model x at H(3)."""
+    rates = (unit("1", product_id="a"), unit("1", product_id="b"), unit("1", product_id="b", model="x"))
+    card_with_customer(client, name, *rates, pricing_unit="credits")
+    promotional(client, name, f"{name}-g1", "20", 1)
+    promotional(client, name, f"{name}-g2", "10", 2, "b")
+    send(client, name, f"{name}-b", H(1) + MINUTE_MS, 20, "eb")
+    send(client, name, f"{name}-a", H(1) + 2 * MINUTE_MS, 6, "ea")
+    send(client, name, f"{name}-x", H(3), 1, "eb", model="x")
+
+
+def test_the_readme_g1_g2_hour_settled_again_by_product_leaves_nothing_overage(server: ServerProcess) -> None:
+    """README: "grant g1 for any product holding 20, g2 for `b` only 10: an event charging `b` 20, then in the same
+    hour one charging `a` 6, are 6 of overage on time; a publish that changes any bucket's amount of that customer's
+    period settles g1 on `a`'s 6 and 14 of `b`, g2 on `b`'s other 6, and nothing is overage". On time: b's 20 from
+    g1 (it burns first), a's 6 finds g1 empty: 6 overage; b model x's 1 at H(3) from g2. Subtotal 27, overage 6,
+    g1 20, g2 1. Version 2 prices b model x at 2 from 2026-03-01: all 3 buckets change version (1 customer, 3
+    buckets, 3 events) and only H(3)'s changes its amount (1 -> 2, delta 1), so the customer is settled again: H(1) by product, a's 6 from g1, b's 20 from g1
+    (14) and g2 (6); H(3)'s 2 from g2. Subtotal 28, overage 0, g1 20, g2 8."""
+    with server.client() as client:
+        g1_g2_hour(client, "gg")
+        assert settled(client, "gg") == ("27", "6", {"gg-g1": "20", "gg-g2": "1"})
+        v2 = draft(client, "gg", 1, unit("2", product_id="b", model="x"))
+        assert counts(publish(client, "gg", v2, MAR)) == (1, 3, 3, "1")
+        assert settled(client, "gg") == ("28", "0", {"gg-g1": "20", "gg-g2": "8"})
+
+
+def test_the_readme_g1_g2_hour_under_a_same_price_publish_keeps_its_6_of_overage(server: ServerProcess) -> None:
+    """README: "a publish of the same prices leaves the 6 of overage" (no bucket changes its amount: the customer is
+    not settled again, though it counts as re-rated). The hour of the test above; version 2 with the very same
+    rates from 2026-03-01: 1 customer, 3 buckets (a, b, b model x), 3 events, delta 0; subtotal 27, overage 6, g1
+    20, g2 1, as rated."""
+    with server.client() as client:
+        g1_g2_hour(client, "gs")
+        v2 = draft(client, "gs", 1, unit("1", product_id="b", model="x"))
+        assert counts(publish(client, "gs", v2, MAR)) == (1, 3, 3, "0")
+        assert settled(client, "gs") == ("27", "6", {"gs-g1": "20", "gs-g2": "1"})
+
+
+def test_the_readme_top_up_bought_at_71_keeps_the_next_20_overage_after_a_cut_to_51(server: ServerProcess) -> None:
+    """README: "71 of overage bought a top-up, a cut takes those charges to 51, and the next 20 of charges after the
+    purchase are overage, not the top-up's"; pricing.proto: "the cut gives back no overage while the top-up pays 20
+    less". Card in credits, model a and b at 1 a unit; top-up policy below 2 recharge to 100 at 0.5, once a period;
+    no grant. 71 units of a at H(1): nothing available, 71 overage, then the top-up is bought (100 credits, with
+    March charged 71); 30 of b at H(2) draw it: 70 left. Subtotal 101, overage 71, top-up 30. Version 2 prices a at
+    51 per 71 units from 2026-03-01: H(1) 71 -> 51, H(2) only its version (2 buckets, 2 events, delta -20); settled again the top-up pays only
+    charges beyond 71: the 51 and b's first 20 are overage (71), b's other 10 from the top-up (90 left). Subtotal
+    81, overage 71, top-up 10; no top-up bought or given back (50.00 USD of purchases)."""
+    with server.client() as client:
+        card_with_customer(client, "tu", unit("1", model="a"), unit("1", model="b"), pricing_unit="credits")
+        policy = contracts_pb2.TopUpPolicy(threshold="2", recharge_to="100", price_per_credit="0.5", max_per_period=1)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="k-tu", top_up=policy))
+        send(client, "tu", "tu-a", H(1), 71, model="a")
+        send(client, "tu", "tu-b", H(2), 30, model="b")
+        ((top_up, drawn),) = settled(client, "tu")[2].items()
+        assert settled(client, "tu")[:2] == ("101", "71") and drawn == "30"
+
+        v2 = draft(client, "tu", 1, unit("51", "71", model="a"))
+        assert counts(publish(client, "tu", v2, MAR)) == (1, 2, 2, "-20")
+        assert settled(client, "tu") == ("81", "71", {top_up: "10"})
+        assert march(client, "tu").top_up_purchases == "50.00"
