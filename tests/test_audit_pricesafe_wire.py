@@ -505,3 +505,34 @@ def test_the_readme_top_up_bought_at_71_keeps_the_next_20_overage_after_a_cut_to
         assert counts(publish(client, "tu", v2, MAR)) == (1, 2, 2, "-20")
         assert settled(client, "tu") == ("81", "71", {top_up: "10"})
         assert march(client, "tu").top_up_purchases == "50.00"
+
+
+def rollback_chain(client: TariffClient, name: str) -> None:
+    """Card `name`: version 1 at 1 from 2026-03-01, version 2 at 2 from H(1), version 3 the rollback to 1 from H(2),
+    version 4 at 4 from H(3), version 5 the rollback to 3 from H(4) (a copy of a copy of version 1)."""
+    card_with_customer(client, name, unit("1"))
+    publish(client, name, draft(client, name, 1, unit("2")), H(1))
+    rollback(client, name, 1, H(2))
+    publish(client, name, draft(client, name, 1, unit("4")), H(3))
+    rollback(client, name, 3, H(4))
+
+
+def test_a_rollback_to_prices_a_copy_of_a_copy_holds_is_refused_naming_the_version_in_force(
+    server: ServerProcess,
+) -> None:
+    """README Rollback: refused "when `to_version`'s prices are already in force at `effective_from` (that version,
+    or a copy of it made by rollbacks: FAILED_PRECONDITION, naming the version in force)"; a retry while the copy a
+    rollback to the same version made is in force from that hour answers with that copy. The chain above: version
+    5 has rollback_to 3, rollback_from 4, based on 3, its prices version 1's. From H(5) a rollback to 1 or to 3 is
+    refused naming version 5; to 1 from H(4) too (version 5 in force); to 1 from H(2) is a retry answered with
+    version 3. Nothing is made: the latest version stays 5."""
+    with server.client() as client:
+        rollback_chain(client, "rbchain")
+        five = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="rbchain", version=5))
+        assert (five.rollback_to_version, five.rollback_from_version, five.based_on_version) == (3, 4, 3)
+        assert list(five.rates) == [unit("1")]
+        for to_version, at_ms in ((1, H(5)), (3, H(5)), (1, H(4))):
+            code, details = refusal(lambda: rollback(client, "rbchain", to_version, at_ms))  # noqa: B023
+            assert code == S.FAILED_PRECONDITION and "version 5 (" in details, details
+        assert rollback(client, "rbchain", 1, H(2)).version.version == 3
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="rbchain")).latest_version == 5
