@@ -536,3 +536,21 @@ def test_a_rollback_to_prices_a_copy_of_a_copy_holds_is_refused_naming_the_versi
             assert code == S.FAILED_PRECONDITION and "version 5 (" in details, details
         assert rollback(client, "rbchain", 1, H(2)).version.version == 3
         assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="rbchain")).latest_version == 5
+
+
+def test_a_rollback_to_a_copy_while_the_version_it_copies_is_in_force_is_refused_without_calling_that_a_copy(
+    server: ServerProcess,
+) -> None:
+    """README Rollback: refused, naming the version in force, when `to_version`'s prices are already in force by
+    rollbacks: also when the version in force is the one `to_version` copies. In the chain above version 1 is in
+    force at 2026-03-01T00:00:00Z and version 3 is its copy: a rollback to 3 from then is FAILED_PRECONDITION, and
+    the message says version 1's prices are the ones version 3 copies, not that version 1 is "a copy of version 1"."""
+    with server.client() as client:
+        rollback_chain(client, "rborigin")
+        code, details = refusal(lambda: rollback(client, "rborigin", 3, MAR))
+        assert (code, details) == (
+            S.FAILED_PRECONDITION,
+            "rate card 'rborigin': version 1 (whose prices version 3 copies) is already in force at "
+            "2026-03-01T00:00:00Z; rolling back to version 3 would change nothing",
+        )
+        assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="rborigin")).latest_version == 5
