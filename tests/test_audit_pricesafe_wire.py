@@ -554,3 +554,54 @@ def test_a_rollback_to_a_copy_while_the_version_it_copies_is_in_force_is_refused
             "2026-03-01T00:00:00Z; rolling back to version 3 would change nothing",
         )
         assert client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="rborigin")).latest_version == 5
+
+
+def test_a_simulation_from_a_version_switch_walks_graduated_tiers_over_the_hours_before_it(
+    server: ServerProcess,
+) -> None:
+    """README: each line "is walked from its period's start, its hours before the window priced by the versions in
+    force for them now"; pricing.proto: tiers are reached by the period's quantity whichever version priced the
+    units before. Version 1 GRADUATED up to 10 at 1, then 0.5; version 2 (up to 10 at 2, then 1) published ahead
+    from H(2). 8 units at H(1): p1(8) = 8; 8 at H(3): p2(16) - p2(8) = (20 + 6) - 16 = 10; 18 now. Version 3 (up to
+    10 at 3, then 1.5) simulated over [H(2), H(4)): the 03:00 bucket, p3(16) - p3(8) = (30 + 9) - 24 = 15: 10 now, 15
+    simulated, delta 5; over [H(0), H(4)): p3(8) = 24 and 15, 39 against 18, delta 21. Published from H(2): delta
+    5, the line 8 + 15 = 23."""
+    with server.client() as client:
+        card_with_customer(client, "gradsw", tiered(pricing_pb2.GRADUATED, [("10", "1", ""), ("", "0.5", "")]))
+        v2 = draft(client, "gradsw", 1, tiered(pricing_pb2.GRADUATED, [("10", "2", ""), ("", "1", "")]))
+        publish(client, "gradsw", v2, H(2))
+        send(client, "gradsw", "gradsw-1", H(1), 8)
+        send(client, "gradsw", "gradsw-3", H(3), 8)
+        assert march(client, "gradsw").subtotal == "18"
+
+        v3 = draft(client, "gradsw", 1, tiered(pricing_pb2.GRADUATED, [("10", "3", ""), ("", "1.5", "")]))
+        assert simulate(client, "gradsw", v3, H(2), H(4))[0] == ("gradsw", "10", "15", "5")
+        assert simulate(client, "gradsw", v3, H(0), H(4))[0] == ("gradsw", "18", "39", "21")
+        assert publish(client, "gradsw", v3, H(2)).rerated_amount_delta == "5"
+        assert march(client, "gradsw").subtotal == "23"
+
+
+def test_a_cohort_naming_an_empty_id_an_empty_attribute_value_or_unknown_customers_is_refused_changing_nothing(
+    server: ServerProcess,
+) -> None:
+    """README Cohorts: refused, changing nothing (INVALID_ARGUMENT, naming the field): an id in customer_ids that is
+    no customer ("all the unknown ones are named", in id order), an empty id, attribute key or attribute value.
+    Draft 2 published for [""], for attributes {"segment": ""}, for ["zz", "cohref", "aa"]: each refused on
+    cohort.customer_ids or cohort.attributes[segment], the last naming 'aa' then 'zz'; version 2 stays a DRAFT and
+    the audit log has no new entry."""
+    with server.client() as client:
+        card_with_customer(client, "cohref", unit("1"))
+        v2 = draft(client, "cohref", 1, unit("2"))
+        before = audit_count(client)
+        cohorts = [
+            pricing_pb2.Cohort(customer_ids=[""]),
+            pricing_pb2.Cohort(attributes={"segment": ""}),
+            pricing_pb2.Cohort(customer_ids=["zz", "cohref", "aa"]),
+        ]
+        found = [refusal(lambda: publish(client, "cohref", v2, H(1), c)) for c in cohorts]  # noqa: B023
+        assert [code for code, _ in found] == [S.INVALID_ARGUMENT] * 3
+        assert found[0][1].startswith("cohort.customer_ids"), found[0]
+        assert found[1][1].startswith("cohort.attributes[segment]"), found[1]
+        assert found[2][1].startswith("cohort.customer_ids") and "'aa', 'zz'" in found[2][1], found[2]
+        shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="cohref", version=v2))
+        assert shown.state == pricing_pb2.DRAFT and audit_count(client) == before
