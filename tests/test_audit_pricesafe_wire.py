@@ -66,10 +66,19 @@ def tiered(
     )
 
 
-def package(size: str, price: str) -> pricing_pb2.Rate:
+def package(size: str, price: str, **match: str) -> pricing_pb2.Rate:
     return pricing_pb2.Rate(
-        product_id="units", package=pricing_pb2.PackagePrice(package_size=size, package_price=price)
+        product_id="units", match=match, package=pricing_pb2.PackagePrice(package_size=size, package_price=price)
     )
+
+
+def flat(price: str, **match: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(product_id="units", match=match, flat=pricing_pb2.FlatPrice(price=price))
+
+
+def override_price(client: TariffClient, contract_id: str, price: str, **match: str) -> None:
+    override = contracts_pb2.PriceOverride(product_id="units", match=match, price=price)
+    client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id=contract_id, override=override))
 
 
 def draft(client: TariffClient, card: str, base: int, *rates: pricing_pb2.Rate) -> int:
@@ -272,9 +281,8 @@ def test_an_override_price_is_per_the_per_units_of_the_version_in_force_so_a_per
         card_with_customer(
             client, "perov", tiered(pricing_pb2.GRADUATED, t_tiers, "1000", model="t"), unit("9", "100", model="u")
         )
-        for model, price in (("t", "0.02"), ("u", "0.5")):
-            override = contracts_pb2.PriceOverride(product_id="units", match={"model": model}, price=price)
-            client.contracts.AddOverride(contracts_pb2.AddOverrideRequest(contract_id="k-perov", override=override))
+        override_price(client, "k-perov", "0.02", model="t")
+        override_price(client, "k-perov", "0.5", model="u")
         send(client, "perov", "perov-t", H(1), 5000, model="t")
         send(client, "perov", "perov-u", H(1), 250, model="u")
         amounts = {line.dimensions["model"]: line.amount for line in march(client, "perov").lines}
@@ -605,3 +613,24 @@ def test_a_cohort_naming_an_empty_id_an_empty_attribute_value_or_unknown_custome
         assert found[2][1].startswith("cohort.customer_ids") and "'aa', 'zz'" in found[2][1], found[2]
         shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="cohref", version=v2))
         assert shown.state == pricing_pb2.DRAFT and audit_count(client) == before
+
+
+def test_an_override_price_keeps_the_package_size_of_the_version_in_force_and_a_flat_fee_stays_the_overrides(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto PriceOverride.price: PACKAGE "the price of each started package (package_size is kept)",
+    FLAT "the flat fee, due once the period's quantity is above zero". Version 1: model p packages of 10 at 5, model
+    f flat 9; overrides (before usage) p at 2, f at 3. 25 p units at H(1): 3 packages x 2 = 6; 4 f units: 3. Version
+    2 (packages of 7 at 9, flat 20) from 2026-03-01: p ceil(25 / 7) = 4 packages x 2 = 8, f still 3 (only its
+    version changes): 2 buckets, 2 events, delta 2."""
+    with server.client() as client:
+        card_with_customer(client, "pkgov", package("10", "5", model="p"), flat("9", model="f"))
+        override_price(client, "k-pkgov", "2", model="p")
+        override_price(client, "k-pkgov", "3", model="f")
+        send(client, "pkgov", "pkgov-p", H(1), 25, model="p")
+        send(client, "pkgov", "pkgov-f", H(1), 4, model="f")
+        assert {line.dimensions["model"]: line.amount for line in march(client, "pkgov").lines} == {"p": "6", "f": "3"}
+
+        v2 = draft(client, "pkgov", 1, package("7", "9", model="p"), flat("20", model="f"))
+        assert counts(publish(client, "pkgov", v2, MAR)) == (1, 2, 2, "2")
+        assert {line.dimensions["model"]: line.amount for line in march(client, "pkgov").lines} == {"p": "8", "f": "3"}
