@@ -634,3 +634,28 @@ def test_an_override_price_keeps_the_package_size_of_the_version_in_force_and_a_
         v2 = draft(client, "pkgov", 1, package("7", "9", model="p"), flat("20", model="f"))
         assert counts(publish(client, "pkgov", v2, MAR)) == (1, 2, 2, "2")
         assert {line.dimensions["model"]: line.amount for line in march(client, "pkgov").lines} == {"p": "8", "f": "3"}
+
+
+def test_a_volume_drop_inside_one_hour_is_priced_as_one_step_when_re_rated_unlike_its_events_one_by_one(
+    server: ServerProcess,
+) -> None:
+    """README: "a bucket is priced as one step, as if its events had arrived on time (the same as pricing them one by
+    one except for a VOLUME price drop inside one hour bucket)"; pricing.proto Rate: a charge never gives back more
+    than its line was charged so far. Version 1 VOLUME 1 a unit: 50 units at H(1), 50. Version 2 (VOLUME up to 50
+    at 10, then 0.01) published ahead from H(2). At H(2) 10 units: p2(60) - p2(50) = 0.6 - 500, gives back only the
+    line's 50 (line 0); then 1,000 units: p2(1060) - p2(60) = 10.6 - 0.6 = 10: the line is 10. Version 3, version
+    2's prices, from H(2) prices the 02:00 bucket as one step: p2(1060) - p2(50) = 10.6 - 500, again at most the
+    50 charged before it: -50, the line 0: 1 bucket, 2 events, delta -10."""
+    with server.client() as client:
+        card_with_customer(client, "voldrop", tiered(pricing_pb2.VOLUME, [("", "1", "")]))
+        dearer_then_cheap = tiered(pricing_pb2.VOLUME, [("50", "10", ""), ("", "0.01", "")])
+        publish(client, "voldrop", draft(client, "voldrop", 1, dearer_then_cheap), H(2))
+        send(client, "voldrop", "voldrop-1", H(1), 50)
+        send(client, "voldrop", "voldrop-2", H(2), 10)
+        assert march(client, "voldrop").subtotal == "0"
+        send(client, "voldrop", "voldrop-3", H(2) + MINUTE_MS, 1000)
+        assert march(client, "voldrop").subtotal == "10"
+
+        v3 = draft(client, "voldrop", 1, dearer_then_cheap)
+        assert counts(publish(client, "voldrop", v3, H(2))) == (1, 1, 2, "-10")
+        assert march(client, "voldrop").subtotal == "0"
