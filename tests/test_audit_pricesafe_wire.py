@@ -659,3 +659,61 @@ def test_a_volume_drop_inside_one_hour_is_priced_as_one_step_when_re_rated_unlik
         v3 = draft(client, "voldrop", 1, dearer_then_cheap)
         assert counts(publish(client, "voldrop", v3, H(2))) == (1, 1, 2, "-10")
         assert march(client, "voldrop").subtotal == "0"
+
+
+def test_validation_findings_their_severities_and_what_publish_simulate_and_diff_make_of_them(
+    server: ServerProcess,
+) -> None:
+    """README: "Validate it (exit status 1 if it has errors)"; pricing.proto Severity: an ERROR version "cannot be
+    published (nor simulated)", a WARNING (a version without rates) publishes; SimulateVersionRequest: usage the
+    version cannot price is FAILED_PRECONDITION naming the customer, the product and the hour, a period without usage
+    gives zero totals; DiffVersionsRequest: a version diffed with itself is empty. Version 1 at 1 a unit, 10 units
+    at H(3). Draft 2 prices `nope * 2`: one ERROR at rates[0].unit.price naming 'nope'; simulate and publish are
+    INVALID_ARGUMENT naming version.rates[0].unit.price; diff 2 -> 2 is empty. Draft 3 has no rates: ok, one
+    WARNING at `rates`; simulated over the hour of the usage it is FAILED_PRECONDITION naming customer "valid",
+    product "units" and 2026-03-01T03:00:00Z; over [H(6), H(8)) zero totals. Nothing changed: the line is 10."""
+    with server.client() as client:
+        card_with_customer(client, "valid", unit("1"))
+        send(client, "valid", "valid-1", H(3), 10)
+        bad = draft(client, "valid", 1, unit("nope * 2"))
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="valid", version=bad))
+        assert not report.ok and [(f.severity, f.path) for f in report.findings] == [
+            (pricing_pb2.ERROR, "rates[0].unit.price")
+        ]
+        assert "'nope'" in report.findings[0].message
+        for call in (lambda: simulate(client, "valid", bad, MAR, H(5)), lambda: publish(client, "valid", bad, H(4))):
+            code, details = refusal(call)
+            assert code == S.INVALID_ARGUMENT and details.startswith("version.rates[0].unit.price"), details
+        request = pricing_pb2.DiffVersionsRequest(rate_card_id="valid", from_version=bad, to_version=bad)
+        assert client.pricing.DiffVersions(request) == pricing_pb2.DiffVersionsResponse()
+
+        empty = int(
+            client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="valid")).version
+        )
+        report = client.pricing.ValidateVersion(pricing_pb2.ValidateVersionRequest(rate_card_id="valid", version=empty))
+        assert report.ok and [(f.severity, f.path) for f in report.findings] == [(pricing_pb2.WARNING, "rates")]
+        code, details = refusal(lambda: simulate(client, "valid", empty, MAR, H(5)))
+        assert code == S.FAILED_PRECONDITION, details
+        assert all(part in details for part in ('"valid"', '"units"', "2026-03-01T03:00:00Z")), details
+        assert simulate(client, "valid", empty, H(6), H(8)) == [("total", "0", "0", "0")]
+        assert march(client, "valid").subtotal == "10"
+
+
+def test_a_publish_retried_without_effective_from_answers_as_the_first_call_re_rating_nothing(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto PublishVersion: "publishing a published version again, with the same effective_from or none,
+    answers as the first call did (the version and its validation; the re-rating counts are zero)". Version 1 at 1
+    a unit; 10 units at H(3); version 2 (2 a unit) from H(2): 1 customer, 1 bucket, 1 event, delta 10 (the line
+    20). Published again with no effective_from: the same version (effective from H(2), not this hour), counts 0,
+    delta "0", closed amount "0", no reason; the line stays 20."""
+    with server.client() as client:
+        card_with_customer(client, "pubretry", unit("1"))
+        send(client, "pubretry", "pubretry-1", H(3), 10)
+        first = publish(client, "pubretry", draft(client, "pubretry", 1, unit("2")), H(2))
+        assert counts(first) == (1, 1, 1, "10")
+        again = client.pricing.PublishVersion(pricing_pb2.PublishVersionRequest(rate_card_id="pubretry", version=2))
+        assert again.version == first.version and again.version.effective_from.ToMilliseconds() == H(2)
+        assert counts(again) == (0, 0, 0, "0")
+        assert (again.closed_amount_left_alone, again.left_alone_reason) == ("0", "")
+        assert march(client, "pubretry").subtotal == "20"
