@@ -717,3 +717,24 @@ def test_a_publish_retried_without_effective_from_answers_as_the_first_call_re_r
         assert counts(again) == (0, 0, 0, "0")
         assert (again.closed_amount_left_alone, again.left_alone_reason) == ("0", "")
         assert march(client, "pubretry").subtotal == "20"
+
+
+def test_graduated_tiers_per_100_units_at_the_edge_and_a_re_rating_moving_the_edge_onto_the_next_unit(
+    server: ServerProcess,
+) -> None:
+    """pricing.proto Tier/TieredPrice: up_to in units (inclusive), unit_price per per_units, flat_price once the
+    tier is entered. Version 1 GRADUATED per 100: up to 1000 at 2, then 1 + flat 5. 1,000 units at H(1): 10 x 2 =
+    20 (tier 2 not entered); 1 at H(2): 0.01 x 1 + 5 = 5.01; line 25.01. Version 2 moves the edge to 1001 (up to 1001
+    at 2, then 1 + flat 5) from H(2): the 02:00 bucket p2(1001) - p2(1000) = 0.01 x 2 = 0.02, tier 2 still not
+    entered: line 20.02, 1 bucket, 1 event, delta 0.02 - 5.01 = -4.99."""
+    with server.client() as client:
+        v1_tiers = [("1000", "2", ""), ("", "1", "5")]
+        card_with_customer(client, "grad100", tiered(pricing_pb2.GRADUATED, v1_tiers, "100"))
+        send(client, "grad100", "grad100-1", H(1), 1000)
+        assert march(client, "grad100").subtotal == "20"
+        send(client, "grad100", "grad100-2", H(2), 1)
+        assert march(client, "grad100").subtotal == "25.01"
+
+        v2 = draft(client, "grad100", 1, tiered(pricing_pb2.GRADUATED, [("1001", "2", ""), ("", "1", "5")], "100"))
+        assert counts(publish(client, "grad100", v2, H(2))) == (1, 1, 1, "-4.99")
+        assert march(client, "grad100").subtotal == "20.02"
