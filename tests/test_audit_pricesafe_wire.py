@@ -158,16 +158,18 @@ def test_a_version_effective_exactly_at_an_hour_prices_that_hours_usage_and_re_r
 ) -> None:
     """README: publish "from an hour", "usage before that hour keeps the old price"; a publish before usage already
     rated re-rates "each [bucket] by the version in force for its hour". Version 1 is 1 a unit. 10 units at
-    01:59:59.999 (H(2) - 1 ms) and 10 at 02:00:00.000 (H(2)) are 10 + 10 = 20. Version 2 (3 a unit) published from
-    H(2) re-rates the 02:00 bucket only: 1 customer, 1 bucket, 1 event, delta 30 - 10 = 20; the line is 10 + 30 =
+    01:59:59.999 (H(2) - 1 ms) and 10 at 02:00:00.000 (H(2)) are 10 + 10 = 20. Version 2 (3 a unit) simulated over
+    [H(2), H(3)) takes in the 02:00 bucket only: 10 now, 30 simulated, delta 20. Published from H(2) it re-rates the 02:00 bucket only: 1 customer, 1 bucket, 1 event, delta 30 - 10 = 20; the line is 10 + 30 =
     40, 10 units at version 1 and 10 at version 2; GetVersion at H(2) - 1 ms is version 1, at H(2) version 2."""
     with server.client() as client:
         card_with_customer(client, "edge", unit("1"))
         send(client, "edge", "edge-before", H(2) - 1, 10)
         send(client, "edge", "edge-at", H(2), 10)
         assert march(client, "edge").subtotal == "20"
+        v2 = draft(client, "edge", 1, unit("3"))
+        assert simulate(client, "edge", v2, H(2), H(3))[0] == ("edge", "10", "30", "20")
 
-        done = publish(client, "edge", draft(client, "edge", 1, unit("3")), H(2))
+        done = publish(client, "edge", v2, H(2))
         assert counts(done) == (1, 1, 1, "20")
         (line,) = march(client, "edge").lines
         assert (line.amount, [(p.version, p.quantity) for p in line.prices]) == ("40", [(1, "10"), (2, "10")])
@@ -738,3 +740,64 @@ def test_graduated_tiers_per_100_units_at_the_edge_and_a_re_rating_moving_the_ed
         v2 = draft(client, "grad100", 1, tiered(pricing_pb2.GRADUATED, [("1001", "2", ""), ("", "1", "5")], "100"))
         assert counts(publish(client, "grad100", v2, H(2))) == (1, 1, 1, "-4.99")
         assert march(client, "grad100").subtotal == "20.02"
+
+
+def test_the_readme_story_a_parameter_cut_diffed_published_rolled_back_and_each_step_in_the_audit_log(
+    server: ServerProcess,
+) -> None:
+    """README: "the analyst changes one parameter": summary_base * gpt4_factor * complex_factor = 1 x 2.5 x 2 = 5,
+    with gpt4_factor 2 it is 4; the diff shows "the parameter, and the ... rates it reprices, each with formula and
+    price before and after"; "Every step is an audit entry naming who did it". The analyst drafts version 2
+    (gpt4_factor=2, note "cut"), publishes it from H(2); finance-lead rolls back to 1 from H(3) (version 3). 1 summary
+    at H(1) and 1 at H(2): 5 + 4 = 9. Diff 1 -> 2: parameter gpt4_factor CHANGED 2.5 -> 2; the rate REPRICED,
+    unit.price written the same, priced 5 then 4. The card's audit entries after CreateRateCard: CreateDraftVersion
+    (anonymous: version 1), PublishVersion, CreateDraftVersion and PublishVersion by analyst, RollbackRateCard by
+    finance-lead; by actor analyst exactly its two; by action RollbackRateCard the one on version 3."""
+    formula = "summary_base * gpt4_factor * complex_factor"
+    with server.client() as client, server.client(actor="analyst") as analyst:
+        with server.client(actor="finance-lead") as finance:
+            client.pricing.CreateRateCard(
+                pricing_pb2.CreateRateCardRequest(id="story", name="story", pricing_unit="credits")
+            )
+            first = pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="story",
+                upsert_rates=[unit(formula)],
+                set_parameters={"summary_base": "1", "gpt4_factor": "2.5", "complex_factor": "2"},
+            )
+            client.pricing.CreateDraftVersion(first)
+            publish(client, "story", 1, MAR)
+            open_contract(client, "story", "k-story", MAR, rate_card_id="story")
+            cut = pricing_pb2.CreateDraftVersionRequest(
+                rate_card_id="story", based_on_version=1, set_parameters={"gpt4_factor": "2"}, change_note="cut"
+            )
+            assert analyst.pricing.CreateDraftVersion(cut).version == 2
+            publish(analyst, "story", 2, H(2))
+            send(client, "story", "story-1", H(1), 1)
+            send(client, "story", "story-2", H(2), 1)
+            assert march(client, "story").subtotal == "9"
+            rollback(finance, "story", 1, H(3))
+
+        request = pricing_pb2.DiffVersionsRequest(rate_card_id="story", from_version=1, to_version=2)
+        diff = client.pricing.DiffVersions(request)
+        assert [(p.name, p.old_value, p.new_value, p.kind) for p in diff.parameters] == [
+            ("gpt4_factor", "2.5", "2", pricing_pb2.CHANGED)
+        ]
+        (rate,) = diff.rates
+        assert rate.kind == pricing_pb2.REPRICED
+        assert [(f.path, f.old_formula, f.new_formula, f.old_price, f.new_price) for f in rate.fields] == [
+            ("unit.price", formula, formula, "5", "4")
+        ]
+
+        def entries(actor: str = "", action: str = "") -> list[tuple[str, str, str]]:
+            request = pricing_pb2.GetAuditLogRequest(target="rate_card/story", actor=actor, action=action)
+            return [(e.action, e.actor, e.target) for e in client.pricing.GetAuditLog(request).entries]
+
+        assert entries()[1:] == [
+            ("CreateDraftVersion", "anonymous", "rate_card/story/version/1"),
+            ("PublishVersion", "anonymous", "rate_card/story/version/1"),
+            ("CreateDraftVersion", "analyst", "rate_card/story/version/2"),
+            ("PublishVersion", "analyst", "rate_card/story/version/2"),
+            ("RollbackRateCard", "finance-lead", "rate_card/story/version/3"),
+        ]
+        assert [action for action, _, _ in entries(actor="analyst")] == ["CreateDraftVersion", "PublishVersion"]
+        assert entries(action="RollbackRateCard") == [("RollbackRateCard", "finance-lead", "rate_card/story/version/3")]
