@@ -801,3 +801,25 @@ def test_the_readme_story_a_parameter_cut_diffed_published_rolled_back_and_each_
         ]
         assert [action for action, _, _ in entries(actor="analyst")] == ["CreateDraftVersion", "PublishVersion"]
         assert entries(action="RollbackRateCard") == [("RollbackRateCard", "finance-lead", "rate_card/story/version/3")]
+
+
+def test_a_late_events_package_remainder_is_carried_into_the_first_re_rated_hour(server: ServerProcess) -> None:
+    """README: "a late event there was charged at the top of the period's quantity when it arrived ...: a line's
+    first re-rated hour also carries what those hours were charged less than on time, so the line is what rating its
+    events on time with the new timeline ... charges, and a version with the very same prices leaves a tiered line as
+    it was". Packages of 10 at 5. 5 units at H(3) arrive first (1 package: 5), then 5 late at H(1) (10 units, still
+    1 package: 0), then 1 at H(4) (2 packages: 5): line 10. On time H(1) would be 5 and H(3) 0. Version 2, the same
+    price, from H(3): H(3) p(10) - p(5) = 0 plus the 5 H(1) was charged less, H(4) 5: the line stays 10 (2 buckets
+    change version, delta 0). Version 3, packages of 10 at 3, from H(3): H(3) 0 + 5, H(4) p3(11) - p3(10) = 3: line 8
+    = on time 5 + 0 + 3, delta -2 (without the carry it would be 3)."""
+    with server.client() as client:
+        card_with_customer(client, "pkglate", package("10", "5"))
+        for name, at_ms, n in (("a", H(3), 5), ("late", H(1), 5), ("b", H(4), 1)):
+            send(client, "pkglate", f"pkglate-{name}", at_ms, n)
+        assert march(client, "pkglate").subtotal == "10"
+
+        same = publish(client, "pkglate", draft(client, "pkglate", 1, package("10", "5")), H(3))
+        assert (counts(same), march(client, "pkglate").subtotal) == ((1, 2, 2, "0"), "10")
+        cut = publish(client, "pkglate", draft(client, "pkglate", 1, package("10", "3")), H(3))
+        assert counts(cut) == (1, 2, 2, "-2")
+        assert march(client, "pkglate").subtotal == "8"
