@@ -811,7 +811,8 @@ def test_a_late_events_package_remainder_is_carried_into_the_first_re_rated_hour
     1 package: 0), then 1 at H(4) (2 packages: 5): line 10. On time H(1) would be 5 and H(3) 0. Version 2, the same
     price, from H(3): H(3) p(10) - p(5) = 0 plus the 5 H(1) was charged less, H(4) 5: the line stays 10 (2 buckets
     change version, delta 0). Version 3, packages of 10 at 3, from H(3): H(3) 0 + 5, H(4) p3(11) - p3(10) = 3: line 8
-    = on time 5 + 0 + 3, delta -2 (without the carry it would be 3)."""
+    = on time 5 + 0 + 3, delta -2 (without the carry it would be 3), as simulating it over [H(3), H(5)) said
+    beforehand: 10 now (5 + 5), 8 simulated, delta -2."""
     with server.client() as client:
         card_with_customer(client, "pkglate", package("10", "5"))
         for name, at_ms, n in (("a", H(3), 5), ("late", H(1), 5), ("b", H(4), 1)):
@@ -820,6 +821,8 @@ def test_a_late_events_package_remainder_is_carried_into_the_first_re_rated_hour
 
         same = publish(client, "pkglate", draft(client, "pkglate", 1, package("10", "5")), H(3))
         assert (counts(same), march(client, "pkglate").subtotal) == ((1, 2, 2, "0"), "10")
-        cut = publish(client, "pkglate", draft(client, "pkglate", 1, package("10", "3")), H(3))
+        v3 = draft(client, "pkglate", 1, package("10", "3"))
+        assert simulate(client, "pkglate", v3, H(3), H(5))[0] == ("pkglate", "10", "8", "-2")
+        cut = publish(client, "pkglate", v3, H(3))
         assert counts(cut) == (1, 2, 2, "-2")
         assert march(client, "pkglate").subtotal == "8"
