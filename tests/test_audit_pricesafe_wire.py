@@ -826,3 +826,33 @@ def test_a_late_events_package_remainder_is_carried_into_the_first_re_rated_hour
         cut = publish(client, "pkglate", v3, H(3))
         assert counts(cut) == (1, 2, 2, "-2")
         assert march(client, "pkglate").subtotal == "8"
+
+
+def test_an_override_price_means_what_each_price_model_of_the_version_in_force_says_across_publishes(
+    server: ServerProcess,
+) -> None:
+    """contracts.proto PriceOverride.price, by price model: UNIT per the rate's per_units, TIERED a flat unit price
+    per per_units (tiers and flat fees dropped), PACKAGE per started package, FLAT the flat fee; a re-rating prices
+    with "the contract's price overrides as they are now". Override price 2 (before usage); 25 units at H(1).
+    Version 1 UNIT 9 per 10: 2.5 x 2 = 5. Each next version is simulated over [2026-03-01, H(2)), then published
+    from 2026-03-01 (1 bucket, 1 event each): PACKAGE of 10 at 9: 3 packages x 2 = 6 (delta 1); VOLUME per 5 (up to
+    10 at 5 + flat 100, then 1): 25 / 5 x 2 = 10 (delta 4); FLAT 50: 2 (delta -8); the rollback to version 1: 5
+    again (delta 3)."""
+    with server.client() as client:
+        card_with_customer(client, "ovmodel", unit("9", "10"))
+        override_price(client, "k-ovmodel", "2")
+        send(client, "ovmodel", "ovmodel-1", H(1), 25)
+        assert march(client, "ovmodel").subtotal == "5"
+
+        volume = tiered(pricing_pb2.VOLUME, [("10", "5", "100"), ("", "1", "")], "5")
+        for rate, before, after, delta in (
+            (package("10", "9"), "5", "6", "1"),
+            (volume, "6", "10", "4"),
+            (flat("50"), "10", "2", "-8"),
+        ):
+            version = draft(client, "ovmodel", 1, rate)
+            assert simulate(client, "ovmodel", version, MAR, H(2))[0] == ("ovmodel", before, after, delta)
+            assert counts(publish(client, "ovmodel", version, MAR)) == (1, 1, 1, delta)
+            assert march(client, "ovmodel").subtotal == after
+        assert counts(rollback(client, "ovmodel", 1, MAR)) == (1, 1, 1, "3")
+        assert march(client, "ovmodel").subtotal == "5"
