@@ -856,3 +856,36 @@ def test_an_override_price_means_what_each_price_model_of_the_version_in_force_s
             assert march(client, "ovmodel").subtotal == after
         assert counts(rollback(client, "ovmodel", 1, MAR)) == (1, 1, 1, "3")
         assert march(client, "ovmodel").subtotal == "5"
+
+
+def test_simulated_amounts_come_one_per_customer_and_product_by_id_unchanged_and_zero_ones_included(
+    server: ServerProcess,
+) -> None:
+    """README: `simulate` "per customer and product ... prints the current amount, what version 2 would have charged
+    ... and the delta, then the totals"; pricing.proto SimulateVersionResponse.amounts: by customer id, then product
+    id, one per customer and product with usage in the window, also where nothing changes. Card `simorder`: a and b
+    at 1 a unit, units at 0. Customers created in the order so-zb, so-m, so-aa each send at H(1) 1 b, 2 a and 3
+    units. Version 2 prices a at 2; simulated over [2026-03-01, H(3)) without a customer filter: for so-aa, so-m,
+    so-zb in turn, a 2 -> 4 (delta 2), b 1 -> 1 (0), units 0 -> 0 (0); totals 9, 15, 6."""
+    with server.client() as client:
+        client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="simorder", pricing_unit="USD"))
+        draft(client, "simorder", 0, unit("1", product_id="b"), unit("1", product_id="a"), unit("0"))
+        publish(client, "simorder", 1, MAR)
+        for customer_id in ("so-zb", "so-m", "so-aa"):
+            open_contract(client, customer_id, f"k-{customer_id}", MAR, rate_card_id="simorder")
+            send(client, customer_id, f"{customer_id}-b", H(1), 1, "eb")
+            send(client, customer_id, f"{customer_id}-a", H(1), 2, "ea")
+            send(client, customer_id, f"{customer_id}-u", H(1), 3)
+        v2 = draft(client, "simorder", 1, unit("2", product_id="a"))
+        request = pricing_pb2.SimulateVersionRequest(
+            rate_card_id="simorder", version=v2, period_start=ts(MAR), period_end=ts(H(3))
+        )
+        answer = client.pricing.SimulateVersion(request)
+        rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in answer.amounts]
+        assert rows == [
+            (customer_id, product_id, now, then, delta)
+            for customer_id in ("so-aa", "so-m", "so-zb")
+            for product_id, now, then, delta in (("a", "2", "4", "2"), ("b", "1", "1", "0"), ("units", "0", "0", "0"))
+        ]
+        totals = answer.totals
+        assert (totals.current_amount, totals.simulated_amount, totals.delta) == ("9", "15", "6")
