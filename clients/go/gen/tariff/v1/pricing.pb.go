@@ -3146,8 +3146,11 @@ func (x *SimulatedAmount) GetDelta() string {
 }
 
 type SimulateVersionResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Amounts []*SimulatedAmount     `protobuf:"bytes,1,rep,name=amounts,proto3" json:"amounts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per customer and product with usage in the window, also where
+	// nothing changes (a delta of 0, amounts of 0 included), by customer id,
+	// then product id.
+	Amounts []*SimulatedAmount `protobuf:"bytes,1,rep,name=amounts,proto3" json:"amounts,omitempty"`
 	// The amounts summed over every customer and product.
 	Totals        *SimulatedTotals `protobuf:"bytes,2,opt,name=totals,proto3" json:"totals,omitempty"`
 	unknownFields protoimpl.UnknownFields

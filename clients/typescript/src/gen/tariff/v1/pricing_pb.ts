@@ -1651,6 +1651,10 @@ export const SimulatedAmountSchema: GenMessage<SimulatedAmount> = /*@__PURE__*/
  */
 export type SimulateVersionResponse = Message<"tariff.v1.SimulateVersionResponse"> & {
   /**
+   * One per customer and product with usage in the window, also where
+   * nothing changes (a delta of 0, amounts of 0 included), by customer id,
+   * then product id.
+   *
    * @generated from field: repeated tariff.v1.SimulatedAmount amounts = 1;
    */
   amounts: SimulatedAmount[];
