@@ -889,3 +889,33 @@ def test_simulated_amounts_come_one_per_customer_and_product_by_id_unchanged_and
         ]
         totals = answer.totals
         assert (totals.current_amount, totals.simulated_amount, totals.delta) == ("9", "15", "6")
+
+
+def test_a_rollback_before_a_later_effective_version_re_rates_only_the_hours_up_to_it_unlike_its_simulation(
+    server: ServerProcess,
+) -> None:
+    """README: a customer's price at t comes from "the newest-effective published version"; simulate prices "every
+    hour of the window ... by the simulated version, also hours a version that took effect later ... prices now
+    (a version published effective after the window's start ...): publishing from the window's start leaves those
+    hours to that version". Version 1 at 1, version 2 at 2 from H(2), version 3 at 3 published ahead from H(10). 10
+    units at H(6) (20) and 10 at H(11) (30): 50. Version 1 simulated over [H(5), H(12)): 50 now, 10 + 10 = 20, delta
+    -30. The rollback to 1 from H(5) (version 4, replacing 2) re-rates the 06:00 bucket only: 1 bucket, delta -10;
+    the line 10 + 30 = 40; GetVersion at H(6) is 4, at H(11) still 3."""
+    with server.client() as client:
+        card_with_customer(client, "rblater", unit("1"))
+        publish(client, "rblater", draft(client, "rblater", 1, unit("2")), H(2))
+        publish(client, "rblater", draft(client, "rblater", 1, unit("3")), H(10))
+        send(client, "rblater", "rblater-6", H(6), 10)
+        send(client, "rblater", "rblater-11", H(11), 10)
+        assert march(client, "rblater").subtotal == "50"
+        assert simulate(client, "rblater", 1, H(5), H(12))[0] == ("rblater", "50", "20", "-30")
+
+        done = rollback(client, "rblater", 1, H(5))
+        assert (done.version.version, done.version.rollback_from_version) == (4, 2)
+        assert counts(done) == (1, 1, 1, "-10") and march(client, "rblater").subtotal == "40"
+
+        def at(at_ms: int) -> int:
+            request = pricing_pb2.GetVersionRequest(rate_card_id="rblater", at=ts(at_ms))
+            return int(client.pricing.GetVersion(request).version)
+
+        assert (at(H(6)), at(H(11))) == (4, 3)
