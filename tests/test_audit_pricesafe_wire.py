@@ -1,13 +1,15 @@
 """An audit of README "Changing prices safely" (to "Credits and the gateway") against the server on the wire, for
 the statements with amounts and edges the earlier pricing audits leave unpinned: a version effective exactly at an
-hour boundary, a simulation over a window holding a version switch, GRADUATED and VOLUME tiers at the exact tier
-edge, PACKAGE remainders across a re-rated hour, override prices with per_units, same-price publishes, rollbacks'
-copies and diffs. Every amount asserted is computed by hand in the test's docstring.
+hour boundary, simulations over windows holding a version switch, GRADUATED and VOLUME tiers at the exact tier
+edge, PACKAGE remainders across a re-rated hour and a late event, override prices per price model and per_units,
+same-price publishes, the README's settling-again examples (g1/g2, the top-up bought at 71), rollbacks' copies,
+chains and refusals, diffs, validation findings and the audit log. Every amount asserted is computed by hand in the
+test's docstring.
 
 One server for the module (`--close-grace off`: nothing closes by itself). Product `units` (event type `work`, SUM
-of `n`, priced on `model`), and `a` and `b` (event types `ea` and `eb`, the same otherwise). Each test makes its own rate card and customer, named after it (contract from
-2026-03-01, a monthly period, open), so no test sees another's versions or usage, and the tests run in any order.
-H(n) is 2026-03-01 plus n hours."""
+of `n`, priced on `model`), and `a` and `b` (event types `ea` and `eb`, the same otherwise). Each test makes its own
+rate card and customers, named after it (contracts from 2026-03-01, monthly periods, open), so no test sees
+another's versions or usage, and the tests run in any order. H(n) is 2026-03-01 plus n hours."""
 
 from __future__ import annotations
 
