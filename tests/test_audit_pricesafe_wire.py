@@ -921,3 +921,30 @@ def test_a_rollback_before_a_later_effective_version_re_rates_only_the_hours_up_
             return int(client.pricing.GetVersion(request).version)
 
         assert (at(H(6)), at(H(11))) == (4, 3)
+
+
+def test_decimal_quantities_reach_package_and_tier_edges_exactly_when_rated_simulated_and_re_rated(
+    server: ServerProcess,
+) -> None:
+    """Money and quantities are exact decimals: 0.1 + 0.2 units are 0.3, not 0.30000000000000004 (which would start a
+    fourth package and leave VOLUME's first tier). Packages of 0.1 at 1: 0.1 and 0.2 at H(1) are 3 packages, 3; 0.3
+    more at H(2), 6 packages, 6. Version 2 (packages of 0.3 at 2) simulated over [H(2), H(3)): p2(0.6) - p2(0.3) =
+    4 - 2 = 2 against 3, delta -1; published from H(2): 1 bucket, delta -1, the line 5. VOLUME up to 0.3 at 10, then
+    1: 0.1 and 0.2 at H(1) are all in the first tier (up_to inclusive): 3."""
+    with server.client() as client:
+        card_with_customer(client, "decpkg", package("0.1", "1"))
+        send(client, "decpkg", "decpkg-1", H(1), 0.1)
+        send(client, "decpkg", "decpkg-2", H(1), 0.2)
+        (line,) = march(client, "decpkg").lines
+        assert (line.quantity, line.amount) == ("0.3", "3")
+        send(client, "decpkg", "decpkg-3", H(2), 0.3)
+        assert march(client, "decpkg").subtotal == "6"
+        v2 = draft(client, "decpkg", 1, package("0.3", "2"))
+        assert simulate(client, "decpkg", v2, H(2), H(3))[0] == ("decpkg", "3", "2", "-1")
+        assert counts(publish(client, "decpkg", v2, H(2))) == (1, 1, 1, "-1")
+        assert march(client, "decpkg").subtotal == "5"
+
+        card_with_customer(client, "decvol", tiered(pricing_pb2.VOLUME, [("0.3", "10", ""), ("", "1", "")]))
+        send(client, "decvol", "decvol-1", H(1), 0.1)
+        send(client, "decvol", "decvol-2", H(1), 0.2)
+        assert march(client, "decvol").subtotal == "3"
