@@ -868,7 +868,8 @@ def test_simulated_amounts_come_one_per_customer_and_product_by_id_unchanged_and
     id, one per customer and product with usage in the window, also where nothing changes. Card `simorder`: a and b
     at 1 a unit, units at 0. Customers created in the order so-zb, so-m, so-aa each send at H(1) 1 b, 2 a and 3
     units. Version 2 prices a at 2; simulated over [2026-03-01, H(3)) without a customer filter: for so-aa, so-m,
-    so-zb in turn, a 2 -> 4 (delta 2), b 1 -> 1 (0), units 0 -> 0 (0); totals 9, 15, 6."""
+    so-zb in turn, a 2 -> 4 (delta 2), b 1 -> 1 (0), units 0 -> 0 (0); totals 9, 15, 6. For customers so-m,
+    so-idle (on the card, no usage: "gives no amounts") and so-m again: so-m's three rows only, totals 3 and 5."""
     with server.client() as client:
         client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="simorder", pricing_unit="USD"))
         draft(client, "simorder", 0, unit("1", product_id="b"), unit("1", product_id="a"), unit("0"))
@@ -891,6 +892,16 @@ def test_simulated_amounts_come_one_per_customer_and_product_by_id_unchanged_and
         ]
         totals = answer.totals
         assert (totals.current_amount, totals.simulated_amount, totals.delta) == ("9", "15", "6")
+
+        open_contract(client, "so-idle", "k-so-idle", MAR, rate_card_id="simorder")
+        request.customer_ids[:] = ["so-m", "so-idle", "so-m"]
+        answer = client.pricing.SimulateVersion(request)
+        assert [(a.customer_id, a.product_id) for a in answer.amounts] == [
+            ("so-m", "a"),
+            ("so-m", "b"),
+            ("so-m", "units"),
+        ]
+        assert (answer.totals.current_amount, answer.totals.simulated_amount) == ("3", "5")
 
 
 def test_a_rollback_before_a_later_effective_version_re_rates_only_the_hours_up_to_it_unlike_its_simulation(
