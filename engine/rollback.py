@@ -107,8 +107,12 @@ def origin(card: RateCard, version: Version) -> int:
 
 def _already_in_force(card: RateCard, in_force: Version, target: Version, effective_from_ms: int) -> str:
     which = f"version {in_force.number}"
-    if in_force.number != target.number:
-        which += f" (a copy of version {origin(card, in_force)}, the prices of version {target.number})"
+    source = origin(card, in_force)
+    if source == in_force.number != target.number:
+        # The version in force is the original the target copies: calling it a copy of itself would mislead.
+        which += f" (whose prices version {target.number} copies)"
+    elif in_force.number != target.number:
+        which += f" (a copy of version {source}, the prices of version {target.number})"
     return (
         f"rate card {card.id!r}: {which} is already in force at {iso(effective_from_ms)}; rolling back to version "
         f"{target.number} would change nothing"

@@ -2234,9 +2234,10 @@ func (x *PublishVersionResponse) GetLeftAloneReason() string {
 // version (NOT_FOUND, naming it); to_version a draft (FAILED_PRECONDITION);
 // no version in force at effective_from
 // (FAILED_PRECONDITION); to_version's prices already in force at
-// effective_from, that is the version in force is to_version or a copy of
-// the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
-// force); usage it would re-rate that cannot be priced again, as for
+// effective_from, that is the version in force holds them by rollbacks:
+// it is to_version, a copy of it, the version to_version is itself a copy
+// of, or another copy of that one (FAILED_PRECONDITION, naming the version
+// in force); usage it would re-rate that cannot be priced again, as for
 // PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
 // no rate, an hour holding a period boundary or a matching override's start or
 // end off the hour; see PublishVersionRequest.effective_from), the message
@@ -3145,8 +3146,11 @@ func (x *SimulatedAmount) GetDelta() string {
 }
 
 type SimulateVersionResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Amounts []*SimulatedAmount     `protobuf:"bytes,1,rep,name=amounts,proto3" json:"amounts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per customer and product with usage in the window, also where
+	// nothing changes (a delta of 0, amounts of 0 included), by customer id,
+	// then product id.
+	Amounts []*SimulatedAmount `protobuf:"bytes,1,rep,name=amounts,proto3" json:"amounts,omitempty"`
 	// The amounts summed over every customer and product.
 	Totals        *SimulatedTotals `protobuf:"bytes,2,opt,name=totals,proto3" json:"totals,omitempty"`
 	unknownFields protoimpl.UnknownFields

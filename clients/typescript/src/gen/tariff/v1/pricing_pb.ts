@@ -1118,9 +1118,10 @@ export const PublishVersionResponseSchema: GenMessage<PublishVersionResponse> = 
  * version (NOT_FOUND, naming it); to_version a draft (FAILED_PRECONDITION);
  * no version in force at effective_from
  * (FAILED_PRECONDITION); to_version's prices already in force at
- * effective_from, that is the version in force is to_version or a copy of
- * the same prices by rollbacks (FAILED_PRECONDITION, naming the version in
- * force); usage it would re-rate that cannot be priced again, as for
+ * effective_from, that is the version in force holds them by rollbacks:
+ * it is to_version, a copy of it, the version to_version is itself a copy
+ * of, or another copy of that one (FAILED_PRECONDITION, naming the version
+ * in force); usage it would re-rate that cannot be priced again, as for
  * PublishVersion (FAILED_PRECONDITION: a MAX, LATEST or UNIQUE_COUNT product,
  * no rate, an hour holding a period boundary or a matching override's start or
  * end off the hour; see PublishVersionRequest.effective_from), the message
@@ -1650,6 +1651,10 @@ export const SimulatedAmountSchema: GenMessage<SimulatedAmount> = /*@__PURE__*/
  */
 export type SimulateVersionResponse = Message<"tariff.v1.SimulateVersionResponse"> & {
   /**
+   * One per customer and product with usage in the window, also where
+   * nothing changes (a delta of 0, amounts of 0 included), by customer id,
+   * then product id.
+   *
    * @generated from field: repeated tariff.v1.SimulatedAmount amounts = 1;
    */
   amounts: SimulatedAmount[];
