@@ -1,0 +1,451 @@
+"""README "What the server does today" (Usage, Pricing, Decimal strings) audited statement by statement over the
+wire, for the claims no other tests/test_audit_*_wire.py module pins with amounts: tier edges exactly, a tier's
+flat fee, PACKAGE remainders, per_units, FLAT once per line, most specific match, 18-decimal prices rounded to
+10^-12 on each side of a charge, the per-event value limit (< 1e15) and the money limit ((2^127 - 1) picos) exactly
+and one step past, dedupe keyed by (customer_id, transaction_id), and an event's refund netted against its charge
+before grants and overage (README's two examples). Every amount is computed by hand in the test's docstring.
+
+Card `doc` (pricing unit credits, version 1 in force since the hour before last), every product a SUM of `n` but
+where said:
+- `grad` GRADUATED: up to 100 at 1, beyond at 0.5 plus a flat 10 when entered;
+- `vol` VOLUME: up to 100 at 1, beyond at 0.5 (every unit at the tier the quantity reaches);
+- `pack` PACKAGE: packages of 10 at 3 each;
+- `tok` UNIT 0.03 per 1,000;
+- `fee` FLAT 7;
+- `dim` priced by `model` and `region`: 1 by default, 2 for model=x, 3 for model=x and region=eu;
+- `big` priced by `lane`: 10^11 by default, 31731687303.715884105727 for lane=c;
+- `tiny` UNIT 0.000000000000000001 (18 places);
+- `uniq` UNIQUE_COUNT of dimension `user`, 1 each;
+- `na` (SUM of `a`) at 1 and `nb` (VOLUME of `b`, as `vol`), both of event type `mp1`;
+- `la` (SUM of `a`) at 1 and `ll` (LATEST of `level`) at 1, both of event type `mp2`;
+- `unpriced` (event type `unpriced`): no rate, so NO_APPLICABLE_RATE.
+Each test uses its own customers (contracts ALLOW from the hour before last, overage 1 USD), so none depends on
+another's order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import HOUR_MS, charges, open_contract, refusal, rejected_in, serving, this_hour_ms
+from tests.serverproc import ServerProcess
+
+CARD = "doc"
+LIMIT = "170141183460469231731687303.715884105727"  # (2^127 - 1) picos
+assert int(LIMIT.replace(".", "")) == 2**127 - 1
+
+
+def tiered(mode: int, *tiers: tuple[str, str, str]) -> pricing_pb2.TieredPrice:
+    return pricing_pb2.TieredPrice(
+        mode=mode,  # type: ignore[arg-type]
+        tiers=[pricing_pb2.Tier(up_to=up_to, unit_price=price, flat_price=flat) for up_to, price, flat in tiers],
+    )
+
+
+def unit_rate(product_id: str, price: str, per_units: str = "", **match: str) -> pricing_pb2.Rate:
+    return pricing_pb2.Rate(
+        product_id=product_id, match=match, unit=pricing_pb2.UnitPrice(price=price, per_units=per_units)
+    )
+
+
+PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
+    ("grad", "grad", pricing_pb2.SUM, "n", []),
+    ("vol", "vol", pricing_pb2.SUM, "n", []),
+    ("pack", "pack", pricing_pb2.SUM, "n", []),
+    ("tok", "tok", pricing_pb2.SUM, "n", []),
+    ("fee", "fee", pricing_pb2.SUM, "n", []),
+    ("dim", "dim", pricing_pb2.SUM, "n", ["model", "region"]),
+    ("big", "big", pricing_pb2.SUM, "n", ["lane"]),
+    ("tiny", "tiny", pricing_pb2.SUM, "n", []),
+    ("uniq", "uniq", pricing_pb2.UNIQUE_COUNT, "user", []),
+    ("na", "mp1", pricing_pb2.SUM, "a", []),
+    ("nb", "mp1", pricing_pb2.SUM, "b", []),
+    ("la", "mp2", pricing_pb2.SUM, "a", []),
+    ("ll", "mp2", pricing_pb2.LATEST, "level", []),
+    ("unpriced", "unpriced", pricing_pb2.SUM, "n", []),
+)
+
+
+def rates() -> list[pricing_pb2.Rate]:
+    volume = tiered(pricing_pb2.VOLUME, ("100", "1", ""), ("", "0.5", ""))
+    return [
+        pricing_pb2.Rate(product_id="grad", tiered=tiered(pricing_pb2.GRADUATED, ("100", "1", ""), ("", "0.5", "10"))),
+        pricing_pb2.Rate(product_id="vol", tiered=volume),
+        pricing_pb2.Rate(product_id="pack", package=pricing_pb2.PackagePrice(package_size="10", package_price="3")),
+        unit_rate("tok", "0.03", "1000"),
+        pricing_pb2.Rate(product_id="fee", flat=pricing_pb2.FlatPrice(price="7")),
+        unit_rate("dim", "1"),
+        unit_rate("dim", "2", model="x"),
+        unit_rate("dim", "3", model="x", region="eu"),
+        unit_rate("big", "100000000000"),
+        unit_rate("big", "31731687303.715884105727", lane="c"),
+        unit_rate("tiny", "0.000000000000000001"),
+        unit_rate("uniq", "1"),
+        unit_rate("na", "1"),
+        pricing_pb2.Rate(product_id="nb", tiered=volume),
+        unit_rate("la", "1"),
+        unit_rate("ll", "1"),
+    ]
+
+
+def catalogue(client: TariffClient) -> None:
+    pricing = client.pricing
+    for product_id, event_type, aggregation, key, dimensions in PRODUCTS:
+        product = pricing_pb2.Product(
+            id=product_id,
+            event_type=event_type,
+            aggregation=aggregation,  # type: ignore[arg-type]
+            value_key=key,
+            pricing_dimensions=dimensions,
+        )
+        pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id=CARD, pricing_unit="credits"))
+    pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id=CARD, upsert_rates=rates()))
+    pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(
+            rate_card_id=CARD, version=1, effective_from=stamp(this_hour_ms() - 2 * HOUR_MS)
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("audit-todaydoc")
+    yield from serving(ServerProcess(root / "data"), catalogue)
+
+
+def customer(client: TariffClient, customer_id: str) -> None:
+    open_contract(client, customer_id, f"{customer_id}-c", this_hour_ms() - 2 * HOUR_MS, rate_card_id=CARD)
+
+
+def event(
+    transaction_id: str,
+    customer_id: str,
+    event_type: str,
+    values: dict[str, float] | None = None,
+    at_ms: int | None = None,
+    **dimensions: str,
+) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id,
+        customer_id=customer_id,
+        event_type=event_type,
+        timestamp_ms=now_ms() - 1_000 if at_ms is None else at_ms,
+        values=values or {},
+        dimensions=dimensions,
+    )
+
+
+def charged_by(client: TariffClient, customer_id: str, *events: usage_pb2.UsageEvent) -> list[str]:
+    """Sends each event as its own batch (all accepted): the period's charges after each."""
+    after = []
+    for one in events:
+        assert rejected_in(client, one) == [], one
+        after.append(charges(client, customer_id))
+    return after
+
+
+def grant(client: TariffClient, grant_id: str, customer_id: str, amount: str, *products: str) -> None:
+    promo = contracts_pb2.Grant(
+        id=grant_id,
+        customer_id=customer_id,
+        kind=contracts_pb2.PROMOTIONAL,
+        amount=amount,
+        applicable_product_ids=list(products),
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=promo))
+
+
+def remaining(client: TariffClient, customer_id: str) -> dict[str, str]:
+    return {g.grant_id: g.remaining for g in client.get_balance(customer_id).grants}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Price models at their edges
+
+
+def test_graduated_tier_edge_is_inclusive_and_the_next_tier_adds_its_flat_fee_once(server: ServerProcess) -> None:
+    """up_to is inclusive: 100 units are 100 x 1 = 100, tier 2 not entered. The 101st enters tier 2: + 10 flat
+    + 0.5 = 110.5. One more: 0.5 (the flat fee once): 111."""
+    with server.client() as client:
+        customer(client, "grad-c")
+        assert charged_by(
+            client,
+            "grad-c",
+            event("g1", "grad-c", "grad", {"n": 100}),
+            event("g2", "grad-c", "grad", {"n": 1}),
+            event("g3", "grad-c", "grad", {"n": 1}),
+        ) == ["100", "110.5", "111"]
+
+
+def test_volume_tier_edge_prices_every_unit_at_the_tier_reached_and_gives_back(server: ServerProcess) -> None:
+    """VOLUME: 100 units all at 1 = 100 (the edge belongs to tier 1); 101 all at 0.5 = 50.5, so the 101st unit
+    charges 50.5 - 100 = -49.5; 200 = 100 again."""
+    with server.client() as client:
+        customer(client, "vol-c")
+        assert charged_by(
+            client,
+            "vol-c",
+            event("v1", "vol-c", "vol", {"n": 100}),
+            event("v2", "vol-c", "vol", {"n": 1}),
+            event("v3", "vol-c", "vol", {"n": 99}),
+        ) == ["100", "50.5", "100"]
+
+
+def test_package_rounds_up_to_started_packages_over_the_line(server: ServerProcess) -> None:
+    """Packages of 10 at 3: 0.5 units start one package (3); 10 fill it (still 3); 11 start a second (6); 20 fill
+    it (6); 20.000001 a third (9)."""
+    with server.client() as client:
+        customer(client, "pack-c")
+        assert charged_by(
+            client,
+            "pack-c",
+            event("p1", "pack-c", "pack", {"n": 0.5}),
+            event("p2", "pack-c", "pack", {"n": 9.5}),
+            event("p3", "pack-c", "pack", {"n": 1}),
+            event("p4", "pack-c", "pack", {"n": 9}),
+            event("p5", "pack-c", "pack", {"n": 0.000001}),
+        ) == ["3", "3", "6", "6", "9"]
+
+
+def test_unit_per_units_prices_per_thousand(server: ServerProcess) -> None:
+    """0.03 per 1,000: 1,500 tokens are 0.045; 1 more token 0.00003: 0.04503."""
+    with server.client() as client:
+        customer(client, "tok-c")
+        assert charged_by(
+            client,
+            "tok-c",
+            event("t1", "tok-c", "tok", {"n": 1500}),
+            event("t2", "tok-c", "tok", {"n": 1}),
+        ) == ["0.045", "0.04503"]
+
+
+def test_flat_is_charged_once_a_line_is_above_zero(server: ServerProcess) -> None:
+    """FLAT 7: an event adding 0 charges nothing; the first above zero 7; later ones nothing more."""
+    with server.client() as client:
+        customer(client, "fee-c")
+        assert charged_by(
+            client,
+            "fee-c",
+            event("f1", "fee-c", "fee", {"n": 0}),
+            event("f2", "fee-c", "fee", {"n": 2}),
+            event("f3", "fee-c", "fee", {"n": 5}),
+        ) == ["0", "7", "7"]
+
+
+def test_most_specific_match_wins(server: ServerProcess) -> None:
+    """dim: default 1, model=x 2, model=x+region=eu 3. 1 unit each: model=y region=eu -> 1 (the default: a rate
+    for region alone there is none); model=x region=us -> 2; model=x region=eu -> 3; no dimensions -> 1. Four
+    lines, 1 + 2 + 3 + 1 = 7."""
+    with server.client() as client:
+        customer(client, "dim-c")
+        assert charged_by(
+            client,
+            "dim-c",
+            event("d1", "dim-c", "dim", {"n": 1}, model="y", region="eu"),
+            event("d2", "dim-c", "dim", {"n": 1}, model="x", region="us"),
+            event("d3", "dim-c", "dim", {"n": 1}, model="x", region="eu"),
+            event("d4", "dim-c", "dim", {"n": 1}),
+        ) == ["1", "3", "6", "7"]
+
+
+def test_an_18_place_price_is_charged_rounded_half_even_on_each_side(server: ServerProcess) -> None:
+    """tiny at 10^-18: 500,000 units price 5 x 10^-13, rounded half-even to 12 places 0: charged 0. 500,000 more:
+    the line's 10^-12 less 0, charged 0.000000000001. 1,500,000 more make 2,500,000: 2.5 x 10^-12 rounds half-even
+    to 2 x 10^-12, the charge 0.000000000001."""
+    with server.client() as client:
+        customer(client, "tiny-c")
+        assert charged_by(
+            client,
+            "tiny-c",
+            event("y1", "tiny-c", "tiny", {"n": 500_000}),
+            event("y2", "tiny-c", "tiny", {"n": 500_000}),
+            event("y3", "tiny-c", "tiny", {"n": 1_500_000}),
+        ) == ["0", "0.000000000001", "0.000000000002"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values and money at their limits
+
+
+def test_event_values_hold_below_1e15_and_to_18_places(server: ServerProcess) -> None:
+    """values: finite, >= 0, < 1e15, at most 18 places. 999,999,999,999,999.875 (the largest double below 1e15)
+    is accepted, read from its shortest round-trip form 999999999999999.9 (usage.proto): 0.03 per 1,000 of it is
+    29,999,999,999.999997. 1e15 itself, 1e-19 and -1 are INVALID_EVENT,
+    charging nothing. 1e-18 is accepted: 1e-18 x 0.00003 = 3 x 10^-23, rounded to 12 places 0."""
+    with server.client() as client:
+        customer(client, "val-c")
+        assert rejected_in(
+            client,
+            event("x1", "val-c", "tok", {"n": 999_999_999_999_999.875}),
+            event("x2", "val-c", "tok", {"n": 1e15}),
+            event("x3", "val-c", "tok", {"n": 1e-19}),
+            event("x4", "val-c", "tok", {"n": -1.0}),
+            event("x5", "val-c", "tok", {"n": 1e-18}),
+        ) == [("x2", "INVALID_EVENT"), ("x3", "INVALID_EVENT"), ("x4", "INVALID_EVENT")]
+        assert charges(client, "val-c") == "29999999999.999997"
+
+
+def test_period_charges_reach_the_money_limit_exactly_and_refuse_one_pico_more(server: ServerProcess) -> None:
+    """big at 10^11: 999,999,999,999,999 units on lane a are 99,999,999,999,999,900,000,000,000 and
+    701,411,834,604,693 on lane b 70,141,183,460,469,300,000,000,000: 170,141,183,460,469,200,000,000,000. 1 unit
+    on lane c at 31,731,687,303.715884105727 makes 170,141,183,460,469,231,731,687,303.715884105727, (2^127 - 1)
+    picos exactly: accepted, and GetBalance answers it whole (no grant: all of it overage). One pico more (tiny,
+    10^6 units at 10^-18) is INVALID_EVENT and changes nothing."""
+    with server.client() as client:
+        customer(client, "lim-c")
+        assert (
+            rejected_in(
+                client,
+                event("l1", "lim-c", "big", {"n": 999_999_999_999_999}, lane="a"),
+                event("l2", "lim-c", "big", {"n": 701_411_834_604_693}, lane="b"),
+                event("l3", "lim-c", "big", {"n": 1}, lane="c"),
+            )
+            == []
+        )
+        balance = client.get_balance("lim-c")
+        assert (balance.period_charges, balance.overage_amount) == (LIMIT, LIMIT)
+        assert rejected_in(client, event("l4", "lim-c", "tiny", {"n": 1_000_000})) == [("l4", "INVALID_EVENT")]
+        balance = client.get_balance("lim-c")
+        assert (balance.period_charges, balance.overage_amount) == (LIMIT, LIMIT)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Acceptance, dedupe and rejection reasons
+
+
+def test_dedupe_is_keyed_by_customer_and_transaction_id(server: ServerProcess) -> None:
+    """The same transaction id under two customers is two events (1,500 tokens each: 0.045 each); an identical
+    resend is a duplicate; the same id with another value DUPLICATE_CONFLICT, changing nothing."""
+    with server.client() as client:
+        customer(client, "dd-a")
+        customer(client, "dd-b")
+        at = now_ms() - 1_000
+        first = client.ingest_batch(
+            [event("same", "dd-a", "tok", {"n": 1500}, at), event("same", "dd-b", "tok", {"n": 1500}, at)]
+        )
+        assert (first.accepted, first.duplicates, len(first.rejected)) == (2, 0, 0)
+        again = client.ingest_batch(
+            [event("same", "dd-a", "tok", {"n": 1500}, at), event("same", "dd-b", "tok", {"n": 1501}, at)]
+        )
+        assert (again.accepted, again.duplicates) == (0, 1)
+        assert [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in again.rejected] == [(1, "DUPLICATE_CONFLICT")]
+        assert (charges(client, "dd-a"), charges(client, "dd-b")) == ("0.045", "0.045")
+
+
+def test_each_rejection_reason_and_an_unfed_event_type(server: ServerProcess) -> None:
+    """One batch: an unknown customer, an event before the contract, one 10 minutes ahead, one feeding a product
+    the card does not price, a timestamp of 0, an empty transaction id, an event type feeding no product
+    (accepted, charging nothing), and a good one (1,500 tokens: 0.045): the bad ones never sink the batch."""
+    with server.client() as client:
+        customer(client, "rj-c")
+        start = this_hour_ms() - 2 * HOUR_MS
+        ack = client.ingest_batch(
+            [
+                event("r1", "nobody", "tok", {"n": 1}),
+                event("r2", "rj-c", "tok", {"n": 1}, start - 1),
+                event("r3", "rj-c", "tok", {"n": 1}, now_ms() + 600_000),
+                event("r4", "rj-c", "unpriced", {"n": 1}),
+                event("r5", "rj-c", "tok", {"n": 1}, 0),
+                event("", "rj-c", "tok", {"n": 1}),
+                event("r7", "rj-c", "nothing-feeds-this", {"n": 1}),
+                event("r8", "rj-c", "tok", {"n": 1500}),
+            ]
+        )
+        assert [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected] == [
+            (0, "UNKNOWN_CUSTOMER"),
+            (1, "NO_ACTIVE_CONTRACT"),
+            (2, "TIMESTAMP_OUT_OF_RANGE"),
+            (3, "NO_APPLICABLE_RATE"),
+            (4, "INVALID_EVENT"),
+            (5, "INVALID_EVENT"),
+        ]
+        assert (ack.accepted, ack.duplicates) == (2, 0)
+        assert charges(client, "rj-c") == "0.045"
+
+
+def test_a_missing_value_charges_no_product_of_the_event(server: ServerProcess) -> None:
+    """mp1 feeds na (a) and nb (b): an event with a=5 and no b is INVALID_EVENT, and na is not charged either."""
+    with server.client() as client:
+        customer(client, "mv-c")
+        assert rejected_in(client, event("m1", "mv-c", "mp1", {"a": 5})) == [("m1", "INVALID_EVENT")]
+        assert charges(client, "mv-c") == "0"
+
+
+def test_unique_count_refuses_a_missing_or_empty_dimension(server: ServerProcess) -> None:
+    """uniq counts distinct `user`s at 1: u1, u2, u1 again cost 2; "" and a missing user are INVALID_EVENT."""
+    with server.client() as client:
+        customer(client, "uq-c")
+        assert rejected_in(
+            client,
+            event("q1", "uq-c", "uniq", user="u1"),
+            event("q2", "uq-c", "uniq", user="u2"),
+            event("q3", "uq-c", "uniq", user="u1"),
+            event("q4", "uq-c", "uniq", user=""),
+            event("q5", "uq-c", "uniq"),
+        ) == [("q4", "INVALID_EVENT"), ("q5", "INVALID_EVENT")]
+        assert charges(client, "uq-c") == "2"
+
+
+def test_a_batch_id_over_256_bytes_is_refused_whole_naming_it(server: ServerProcess) -> None:
+    with server.client() as client:
+        customer(client, "bid-c")
+        batch = usage_pb2.UsageBatch(batch_id="b" * 257, events=[event("b1", "bid-c", "tok", {"n": 1500})])
+        code, details = refusal(lambda: client.usage.IngestUsageBatch(batch))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "batch_id" in details, details
+        assert charges(client, "bid-c") == "0"
+        ack = client.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="b" * 256, events=batch.events))
+        assert (ack.batch_id, ack.accepted) == ("b" * 256, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One event's refunds and charges netted before grants and overage (README's examples)
+
+
+def test_a_refund_credited_to_a_grant_for_its_product_only_does_not_pay_another(server: ServerProcess) -> None:
+    """Grant `only-nb.g` 100 for nb only. Event 1: b=100 costs 100 (VOLUME), drawn from it. Event 2: a=40, b=1:
+    nb gives back 100 - 50.5 = 49.5 to the grant, na's 40 cannot take it (the grant does not pay na): 40 of
+    overage. Grant 49.5, overage 40, charges 100 - 49.5 + 40 = 90.5."""
+    with server.client() as client:
+        customer(client, "only-nb")
+        grant(client, "only-nb.g", "only-nb", "100", "nb")
+        assert rejected_in(client, event("o1", "only-nb", "mp1", {"a": 0, "b": 100})) == []
+        assert rejected_in(client, event("o2", "only-nb", "mp1", {"a": 40, "b": 1})) == []
+        balance = client.get_balance("only-nb")
+        assert (balance.period_charges, balance.overage_amount) == ("90.5", "40")
+        assert remaining(client, "only-nb") == {"only-nb.g": "49.5"}
+
+
+def test_where_the_grant_pays_both_products_the_event_settles_as_its_net(server: ServerProcess) -> None:
+    """Same events with a grant of 100 for every product: event 2 nets -49.5 + 40 = -9.5, so the grant gets 9.5
+    back and nothing is overage. Charges 90.5."""
+    with server.client() as client:
+        customer(client, "any-nb")
+        grant(client, "any-nb.g", "any-nb", "100")
+        assert rejected_in(client, event("o1", "any-nb", "mp1", {"a": 0, "b": 100})) == []
+        assert rejected_in(client, event("o2", "any-nb", "mp1", {"a": 40, "b": 1})) == []
+        balance = client.get_balance("any-nb")
+        assert (balance.period_charges, balance.overage_amount) == ("90.5", "0")
+        assert remaining(client, "any-nb") == {"any-nb.g": "9.5"}
+
+
+def test_a_net_refund_gives_back_overage_first_then_credit(server: ServerProcess) -> None:
+    """README: a refund giving back 5 of overage and 7 credits while another product costs 5 is a net refund of 7:
+    it gives back the 5 of overage and 2 credits. Grant 7; event 1: level 12 costs 12, 7 drawn, 5 overage. Event
+    2: level 0 (gives back 12) and a=5 (costs 5): overage 0, grant 2, charges 5."""
+    with server.client() as client:
+        customer(client, "net-c")
+        grant(client, "net-c.g", "net-c", "7")
+        assert rejected_in(client, event("n1", "net-c", "mp2", {"a": 0, "level": 12})) == []
+        balance = client.get_balance("net-c")
+        assert (balance.period_charges, balance.overage_amount) == ("12", "5")
+        assert rejected_in(client, event("n2", "net-c", "mp2", {"a": 5, "level": 0})) == []
+        balance = client.get_balance("net-c")
+        assert (balance.period_charges, balance.overage_amount) == ("5", "0")
+        assert remaining(client, "net-c") == {"net-c.g": "2"}
