@@ -12,7 +12,8 @@ where said:
 - `pack` PACKAGE: packages of 10 at 3 each;
 - `tok` UNIT 0.03 per 1,000;
 - `fee` FLAT 7;
-- `dim` priced by `model` and `region`: 1 by default, 2 for model=x, 3 for model=x and region=eu;
+- `gradk` GRADUATED per 1,000: up to 1,000 units at 2 a thousand, beyond at 1 a thousand;
+- `dim` priced by `model` and `region`: 1 by default, 2 for model=x, 3 for model=x and region=eu, 4 for model "";
 - `big` priced by `lane`: 10^11 by default, 31731687303.715884105727 for lane=c;
 - `tiny` UNIT 0.000000000000000001 (18 places);
 - `uniq` UNIQUE_COUNT of dimension `user`, 1 each;
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, charges, open_contract, refusal, rejected_in, serving, this_hour_ms
@@ -58,6 +59,7 @@ PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
     ("vol", "vol", pricing_pb2.SUM, "n", []),
     ("pack", "pack", pricing_pb2.SUM, "n", []),
     ("tok", "tok", pricing_pb2.SUM, "n", []),
+    ("gradk", "gradk", pricing_pb2.SUM, "n", []),
     ("fee", "fee", pricing_pb2.SUM, "n", []),
     ("dim", "dim", pricing_pb2.SUM, "n", ["model", "region"]),
     ("big", "big", pricing_pb2.SUM, "n", ["lane"]),
@@ -73,15 +75,19 @@ PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
 
 def rates() -> list[pricing_pb2.Rate]:
     volume = tiered(pricing_pb2.VOLUME, ("100", "1", ""), ("", "0.5", ""))
+    per_thousand = tiered(pricing_pb2.GRADUATED, ("1000", "2", ""), ("", "1", ""))
+    per_thousand.per_units = "1000"
     return [
         pricing_pb2.Rate(product_id="grad", tiered=tiered(pricing_pb2.GRADUATED, ("100", "1", ""), ("", "0.5", "10"))),
         pricing_pb2.Rate(product_id="vol", tiered=volume),
         pricing_pb2.Rate(product_id="pack", package=pricing_pb2.PackagePrice(package_size="10", package_price="3")),
         unit_rate("tok", "0.03", "1000"),
+        pricing_pb2.Rate(product_id="gradk", tiered=per_thousand),
         pricing_pb2.Rate(product_id="fee", flat=pricing_pb2.FlatPrice(price="7")),
         unit_rate("dim", "1"),
         unit_rate("dim", "2", model="x"),
         unit_rate("dim", "3", model="x", region="eu"),
+        unit_rate("dim", "4", model=""),
         unit_rate("big", "100000000000"),
         unit_rate("big", "31731687303.715884105727", lane="c"),
         unit_rate("tiny", "0.000000000000000001"),
@@ -225,6 +231,19 @@ def test_unit_per_units_prices_per_thousand(server: ServerProcess) -> None:
         ) == ["0.045", "0.04503"]
 
 
+def test_graduated_per_units_prices_tiers_per_thousand_with_bounds_in_units(server: ServerProcess) -> None:
+    """Tiers per 1,000 with up_to in units: 1,000 units are 2 (the edge in tier 1); 500 more at 1 a thousand: 0.5,
+    the line 2.5."""
+    with server.client() as client:
+        customer(client, "gk-c")
+        assert charged_by(
+            client,
+            "gk-c",
+            event("k1", "gk-c", "gradk", {"n": 1000}),
+            event("k2", "gk-c", "gradk", {"n": 500}),
+        ) == ["2", "2.5"]
+
+
 def test_flat_is_charged_once_a_line_is_above_zero(server: ServerProcess) -> None:
     """FLAT 7: an event adding 0 charges nothing; the first above zero 7; later ones nothing more."""
     with server.client() as client:
@@ -239,9 +258,10 @@ def test_flat_is_charged_once_a_line_is_above_zero(server: ServerProcess) -> Non
 
 
 def test_most_specific_match_wins(server: ServerProcess) -> None:
-    """dim: default 1, model=x 2, model=x+region=eu 3. 1 unit each: model=y region=eu -> 1 (the default: a rate
-    for region alone there is none); model=x region=us -> 2; model=x region=eu -> 3; no dimensions -> 1. Four
-    lines, 1 + 2 + 3 + 1 = 7."""
+    """dim: default 1, model=x 2, model=x+region=eu 3, model "" 4. 1 unit each: model=y region=eu -> 1 (the
+    default: a rate for region alone there is none); model=x region=us -> 2; model=x region=eu -> 3; no dimensions
+    -> 4 (a dimension left out is matched as sent empty, and "" is a value, not a wildcard); model "" -> 4.
+    1 + 2 + 3 + 4 + 4 = 14."""
     with server.client() as client:
         customer(client, "dim-c")
         assert charged_by(
@@ -251,7 +271,8 @@ def test_most_specific_match_wins(server: ServerProcess) -> None:
             event("d2", "dim-c", "dim", {"n": 1}, model="x", region="us"),
             event("d3", "dim-c", "dim", {"n": 1}, model="x", region="eu"),
             event("d4", "dim-c", "dim", {"n": 1}),
-        ) == ["1", "3", "6", "7"]
+            event("d5", "dim-c", "dim", {"n": 1}, model=""),
+        ) == ["1", "3", "6", "10", "14"]
 
 
 def test_an_18_place_price_is_charged_rounded_half_even_on_each_side(server: ServerProcess) -> None:
@@ -449,3 +470,107 @@ def test_a_net_refund_gives_back_overage_first_then_credit(server: ServerProcess
         balance = client.get_balance("net-c")
         assert (balance.period_charges, balance.overage_amount) == ("5", "0")
         assert remaining(client, "net-c") == {"net-c.g": "2"}
+
+
+def block_customer(client: TariffClient, customer_id: str) -> None:
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id))
+    request = contracts_pb2.CreateContractRequest(
+        id=f"{customer_id}-c",
+        customer_id=customer_id,
+        rate_card_id=CARD,
+        starting_at=stamp(this_hour_ms() - 2 * HOUR_MS),
+        overage_policy=contracts_pb2.BLOCK,
+        overage_price="1",
+        currency="USD",
+    )
+    client.contracts.CreateContract(request)
+
+
+def authorize(client: TariffClient, customer_id: str, event_type: str, values: dict[str, float]) -> tuple[str, str]:
+    request = balance_pb2.AuthorizeRequest(customer_id=customer_id, event_type=event_type, values=values)
+    answer = client.balance.Authorize(request)
+    return answer.reason, answer.estimated_cost
+
+
+def test_block_denies_a_charge_only_a_refund_to_another_products_grant_would_pay(server: ServerProcess) -> None:
+    """BLOCK, grant 100 for nb only, b=100 drew it all (0 left). Authorize a=40, b=1: nb would give back 49.5 to
+    the grant, which cannot pay na's 40: estimated -9.5, denied INSUFFICIENT_CREDIT. With no a, b=1 alone (a
+    refund of 49.5, estimated -49.5) is denied too: no credit is available to its products."""
+    with server.client() as client:
+        block_customer(client, "blk-nb")
+        grant(client, "blk-nb.g", "blk-nb", "100", "nb")
+        assert rejected_in(client, event("o1", "blk-nb", "mp1", {"a": 0, "b": 100})) == []
+        assert authorize(client, "blk-nb", "mp1", {"a": 40, "b": 1}) == ("INSUFFICIENT_CREDIT", "-9.5")
+        assert authorize(client, "blk-nb", "mp1", {"a": 0, "b": 1}) == ("INSUFFICIENT_CREDIT", "-49.5")
+
+
+def test_a_falling_gauge_beside_an_equal_charge_touches_nothing(server: ServerProcess) -> None:
+    """README: a LATEST line of 5, all overage, falling to 2 in an event whose SUM product costs 3, with 10
+    credits granted since: the lines net 0, overage stays 5 and the 10 credits whole; Authorize estimates 0, OK."""
+    with server.client() as client:
+        customer(client, "gauge-c")
+        assert rejected_in(client, event("g1", "gauge-c", "mp2", {"a": 0, "level": 5})) == []
+        grant(client, "gauge-c.g", "gauge-c", "10")
+        assert authorize(client, "gauge-c", "mp2", {"a": 3, "level": 2}) == ("OK", "0")
+        assert rejected_in(client, event("g2", "gauge-c", "mp2", {"a": 3, "level": 2})) == []
+        balance = client.get_balance("gauge-c")
+        assert (balance.period_charges, balance.overage_amount) == ("5", "5")
+        assert remaining(client, "gauge-c") == {"gauge-c.g": "10"}
+
+
+def test_a_grant_without_starts_at_pays_usage_dated_before_it_was_given(server: ServerProcess) -> None:
+    """Grant 10 given now, with no starts_at: it pays from the contract's start, so a fee (7) dated an hour and a
+    half ago draws 7 of it: 3 left, no overage."""
+    with server.client() as client:
+        customer(client, "late-c")
+        grant(client, "late-c.g", "late-c", "10")
+        late = this_hour_ms() - 2 * HOUR_MS + 30 * 60_000
+        assert rejected_in(client, event("f1", "late-c", "fee", {"n": 1}, late)) == []
+        balance = client.get_balance("late-c")
+        assert (balance.period_charges, balance.overage_amount) == ("7", "0")
+        assert remaining(client, "late-c") == {"late-c.g": "3"}
+
+
+def test_ids_and_texts_at_256_bytes_are_taken_and_one_more_is_invalid_event(server: ServerProcess) -> None:
+    """transaction_id, reservation_id and a dimension value: 256 bytes taken (é is 2 bytes: 128 of them fit), 257
+    INVALID_EVENT. The accepted ones each cost 1,500 tokens: 0.045, three of them 0.135."""
+    with server.client() as client:
+        customer(client, "len-c")
+        held = event("t" * 256, "len-c", "tok", {"n": 1500})
+        reserved = event("res-256", "len-c", "tok", {"n": 1500})
+        reserved.reservation_id = "r" * 256
+        accents = event("dim-256", "len-c", "tok", {"n": 1500}, model="é" * 128)
+        too_long = event("t" * 257, "len-c", "tok", {"n": 1500})
+        bad_hold = event("res-257", "len-c", "tok", {"n": 1500})
+        bad_hold.reservation_id = "r" * 257
+        bad_dim = event("dim-257", "len-c", "tok", {"n": 1500}, model="é" * 128 + "x")
+        ack = client.ingest_batch([held, reserved, accents, too_long, bad_hold, bad_dim])
+        assert [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected] == [
+            (3, "INVALID_EVENT"),
+            (4, "INVALID_EVENT"),
+            (5, "INVALID_EVENT"),
+        ]
+        assert charges(client, "len-c") == "0.135"
+
+
+def test_timestamps_a_minute_ahead_are_taken_and_negative_ones_refused(server: ServerProcess) -> None:
+    """Within the 5-minute skew: a minute ahead is accepted (0.045); -1 is INVALID_EVENT."""
+    with server.client() as client:
+        customer(client, "ts-c")
+        assert rejected_in(
+            client,
+            event("a1", "ts-c", "tok", {"n": 1500}, now_ms() + 60_000),
+            event("a2", "ts-c", "tok", {"n": 1500}, -1),
+        ) == [("a2", "INVALID_EVENT")]
+        assert charges(client, "ts-c") == "0.045"
+
+
+def test_authorize_refuses_a_value_ingesting_would_refuse(server: ServerProcess) -> None:
+    """Authorize prices usage as ingesting it would: 1e15 (INVALID_EVENT when ingested) is INVALID_ARGUMENT naming
+    values; 999,999,999,999,999 of tok is estimated 29,999,999,999.99997."""
+    with server.client() as client:
+        customer(client, "az-c")
+        code, details = refusal(lambda: authorize(client, "az-c", "tok", {"n": 1e15}))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "values" in details, details
+        assert authorize(client, "az-c", "tok", {"n": 999_999_999_999_999}) == ("OVERAGE_ALLOWED", "29999999999.99997")
