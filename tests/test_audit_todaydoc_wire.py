@@ -19,7 +19,8 @@ where said:
 - `uniq` UNIQUE_COUNT of dimension `user`, 1 each;
 - `na` (SUM of `a`) at 1 and `nb` (VOLUME of `b`, as `vol`), both of event type `mp1`;
 - `la` (SUM of `a`) at 1 and `ll` (LATEST of `level`) at 1, both of event type `mp2`;
-- `unpriced` (event type `unpriced`): no rate, so NO_APPLICABLE_RATE.
+- `unpriced` (event type `unpriced`): no rate, so NO_APPLICABLE_RATE;
+- `peak` (MAX of `n`) at 1, `calls` (COUNT) at 0.5, `gauge` (LATEST of `level`) at 1.
 Each test uses its own customers (contracts ALLOW from the hour before last, overage 1 USD), so none depends on
 another's order."""
 
@@ -33,7 +34,16 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, charges, open_contract, refusal, rejected_in, serving, this_hour_ms
+from tests.audit_fixtures import (
+    HOUR_MS,
+    charges,
+    open_contract,
+    preview,
+    refusal,
+    rejected_in,
+    serving,
+    this_hour_ms,
+)
 from tests.serverproc import ServerProcess
 
 CARD = "doc"
@@ -70,6 +80,9 @@ PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
     ("la", "mp2", pricing_pb2.SUM, "a", []),
     ("ll", "mp2", pricing_pb2.LATEST, "level", []),
     ("unpriced", "unpriced", pricing_pb2.SUM, "n", []),
+    ("peak", "peak", pricing_pb2.MAX, "n", []),
+    ("calls", "calls", pricing_pb2.COUNT, "", []),
+    ("gauge", "gauge", pricing_pb2.LATEST, "level", []),
 )
 
 
@@ -96,6 +109,9 @@ def rates() -> list[pricing_pb2.Rate]:
         pricing_pb2.Rate(product_id="nb", tiered=volume),
         unit_rate("la", "1"),
         unit_rate("ll", "1"),
+        unit_rate("peak", "1"),
+        unit_rate("calls", "0.5"),
+        unit_rate("gauge", "1"),
     ]
 
 
@@ -574,3 +590,103 @@ def test_authorize_refuses_a_value_ingesting_would_refuse(server: ServerProcess)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "values" in details, details
         assert authorize(client, "az-c", "tok", {"n": 999_999_999_999_999}) == ("OVERAGE_ALLOWED", "29999999999.99997")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregations, windows, lines and the overage due
+
+
+def test_max_count_and_latest_aggregate_over_the_period(server: ServerProcess) -> None:
+    """MAX at 1: 5 -> 5, 3 -> still 5, 8 -> 8. COUNT at 0.5: three events (values unread) -> 1.5. LATEST at 1:
+    10 at t2 -> 10; 4 dated t1 before t2 does not move it (0); 6 at t3 -> 6. All: 8 + 1.5 + 6 = 15.5."""
+    with server.client() as client:
+        customer(client, "agg-c")
+        t = now_ms() - 60_000
+        assert charged_by(
+            client,
+            "agg-c",
+            event("m1", "agg-c", "peak", {"n": 5}),
+            event("m2", "agg-c", "peak", {"n": 3}),
+            event("m3", "agg-c", "peak", {"n": 8}),
+            event("c1", "agg-c", "calls"),
+            event("c2", "agg-c", "calls", {"n": 7}),
+            event("c3", "agg-c", "calls"),
+            event("g1", "agg-c", "gauge", {"level": 10}, t + 2),
+            event("g2", "agg-c", "gauge", {"level": 4}, t + 1),
+            event("g3", "agg-c", "gauge", {"level": 6}, t + 3),
+        ) == ["5", "5", "8", "8.5", "9", "9.5", "19.5", "19.5", "15.5"]
+
+
+def test_a_contract_window_holds_its_start_and_not_its_end(server: ServerProcess) -> None:
+    """Contract from S to E (an hour later, past): events at S and E - 1 are accepted (1,500 tokens: 0.045 each),
+    at S - 1 and at E NO_ACTIVE_CONTRACT: the period's one line holds 3,000 tokens, 0.09, two events."""
+    with server.client() as client:
+        start = this_hour_ms() - 2 * HOUR_MS
+        end = start + HOUR_MS
+        open_contract(client, "win-c", "win-c-c", start, end, rate_card_id=CARD)
+        assert rejected_in(
+            client,
+            event("w1", "win-c", "tok", {"n": 1500}, start),
+            event("w2", "win-c", "tok", {"n": 1500}, end - 1),
+            event("w3", "win-c", "tok", {"n": 1500}, start - 1),
+            event("w4", "win-c", "tok", {"n": 1500}, end),
+        ) == [("w3", "NO_ACTIVE_CONTRACT"), ("w4", "NO_ACTIVE_CONTRACT")]
+        lines = [(ln.product_id, ln.quantity, ln.amount, ln.events) for ln in preview(client, "win-c", start).lines]
+        assert lines == [("tok", "3000", "0.09", 2)], lines
+
+
+def test_a_grant_window_holds_its_start(server: ServerProcess) -> None:
+    """Grant 10 starting at T (the last hour), given before the events are sent: a fee (7) dated T - 1 is
+    overage; 1,500 tokens (0.045) dated T draw from it: grant 9.955, overage 7."""
+    with server.client() as client:
+        customer(client, "gw-c")
+        starts = this_hour_ms() - HOUR_MS
+        promo = contracts_pb2.Grant(
+            id="gw-c.g", customer_id="gw-c", kind=contracts_pb2.PROMOTIONAL, amount="10", starts_at=stamp(starts)
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=promo))
+        assert rejected_in(client, event("e1", "gw-c", "fee", {"n": 1}, starts - 1)) == []
+        assert rejected_in(client, event("e2", "gw-c", "tok", {"n": 1500}, starts)) == []
+        balance = client.get_balance("gw-c")
+        assert (balance.period_charges, balance.overage_amount) == ("7.045", "7")
+        assert remaining(client, "gw-c") == {"gw-c.g": "9.955"}
+
+
+def test_dimensions_outside_the_pricing_dimensions_split_no_line(server: ServerProcess) -> None:
+    """dim is priced by model and region only: model=x with color red, then blue, is one line (model x, region
+    "") of quantity 2, priced 2 a unit: 4, two events."""
+    with server.client() as client:
+        customer(client, "color-c")
+        assert charged_by(
+            client,
+            "color-c",
+            event("k1", "color-c", "dim", {"n": 1}, model="x", color="red"),
+            event("k2", "color-c", "dim", {"n": 1}, model="x", color="blue"),
+        ) == ["2", "4"]
+        lines = [
+            (ln.product_id, dict(ln.dimensions), ln.quantity, ln.amount, ln.events)
+            for ln in preview(client, "color-c", now_ms()).lines
+        ]
+        assert lines == [("dim", {"model": "x", "region": ""}, "2", "4", 2)], lines
+
+
+def test_overage_due_is_overage_at_the_contracts_price_in_its_currency(server: ServerProcess) -> None:
+    """Overage price 0.5 USD a credit: a fee of 7 with no grant is 7 of overage, 3.5 USD due (written without
+    trailing zeros)."""
+    with server.client() as client:
+        open_contract(client, "due-c", "due-c-c", this_hour_ms() - 2 * HOUR_MS, rate_card_id=CARD, overage_price="0.5")
+        assert rejected_in(client, event("f1", "due-c", "fee", {"n": 1})) == []
+        balance = client.get_balance("due-c")
+        assert (balance.overage_amount, balance.overage_due, balance.pricing_unit) == ("7", "3.5", "credits")
+
+
+def test_grant_amounts_are_exact_at_12_places_and_refused_past(server: ServerProcess) -> None:
+    """A grant of 0.000000000001 (12 places) holds exactly that; 0.0000000000001 (13) is INVALID_ARGUMENT naming
+    the amount, nothing granted."""
+    with server.client() as client:
+        customer(client, "pico-c")
+        grant(client, "pico-c.g", "pico-c", "0.000000000001")
+        code, details = refusal(lambda: grant(client, "pico-c.h", "pico-c", "0.0000000000001"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "amount" in details, details
+        assert remaining(client, "pico-c") == {"pico-c.g": "0.000000000001"}
