@@ -20,6 +20,8 @@ where said:
 - `na` (SUM of `a`) at 1 and `nb` (VOLUME of `b`, as `vol`), both of event type `mp1`;
 - `la` (SUM of `a`) at 1 and `ll` (LATEST of `level`) at 1, both of event type `mp2`;
 - `unpriced` (event type `unpriced`): no rate, so NO_APPLICABLE_RATE;
+- `volf` VOLUME and `gradf` GRADUATED, both up to 10 at 1 with a flat 5, beyond at 0.5 with a flat 20;
+- `pack3` PACKAGE: packages of 0.3 at 1;
 - `peak` (MAX of `n`) at 1, `calls` (COUNT) at 0.5, `gauge` (LATEST of `level`) at 1.
 Each test uses its own customers (contracts ALLOW from the hour before last, overage 1 USD), so none depends on
 another's order."""
@@ -81,6 +83,9 @@ PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
     ("ll", "mp2", pricing_pb2.LATEST, "level", []),
     ("unpriced", "unpriced", pricing_pb2.SUM, "n", []),
     ("peak", "peak", pricing_pb2.MAX, "n", []),
+    ("volf", "volf", pricing_pb2.SUM, "n", []),
+    ("gradf", "gradf", pricing_pb2.SUM, "n", []),
+    ("pack3", "pack3", pricing_pb2.SUM, "n", []),
     ("calls", "calls", pricing_pb2.COUNT, "", []),
     ("gauge", "gauge", pricing_pb2.LATEST, "level", []),
 )
@@ -110,6 +115,9 @@ def rates() -> list[pricing_pb2.Rate]:
         unit_rate("la", "1"),
         unit_rate("ll", "1"),
         unit_rate("peak", "1"),
+        pricing_pb2.Rate(product_id="volf", tiered=tiered(pricing_pb2.VOLUME, ("10", "1", "5"), ("", "0.5", "20"))),
+        pricing_pb2.Rate(product_id="gradf", tiered=tiered(pricing_pb2.GRADUATED, ("10", "1", "5"), ("", "0.5", "20"))),
+        pricing_pb2.Rate(product_id="pack3", package=pricing_pb2.PackagePrice(package_size="0.3", package_price="1")),
         unit_rate("calls", "0.5"),
         unit_rate("gauge", "1"),
     ]
@@ -233,6 +241,37 @@ def test_package_rounds_up_to_started_packages_over_the_line(server: ServerProce
             event("p4", "pack-c", "pack", {"n": 9}),
             event("p5", "pack-c", "pack", {"n": 0.000001}),
         ) == ["3", "3", "6", "6", "9"]
+
+
+def test_tier_flat_fees_graduated_adds_each_entered_volume_only_the_reached(server: ServerProcess) -> None:
+    """An event adding 0 enters no tier: 0 for both. GRADUATED: 10 units are 5 + 10 = 15; the 11th enters tier 2:
+    15 + 20 + 0.5 = 35.5. VOLUME: 10 units are 5 + 10 = 15; 11 are priced by tier 2 alone, its flat and every
+    unit: 20 + 5.5 = 25.5 (tier 1's flat is not added)."""
+    with server.client() as client:
+        for product_id, expected in (("gradf", ["0", "15", "35.5"]), ("volf", ["0", "15", "25.5"])):
+            customer_id = f"{product_id}-c"
+            customer(client, customer_id)
+            assert (
+                charged_by(
+                    client,
+                    customer_id,
+                    *(event(f"{product_id}{i}", customer_id, product_id, {"n": n}) for i, n in enumerate((0, 10, 1))),
+                )
+                == expected
+            ), product_id
+
+
+def test_package_sizes_are_exact_decimals(server: ServerProcess) -> None:
+    """Packages of 0.3 at 1: 0 units start none (0); 0.9 are exactly 3 packages (3: in binary, three packages of
+    0.3 hold 0.8999999999999999, less than 0.9); 0.1 more make 1.0, a fourth started (4); 0.2 more make 1.2, four
+    exactly (4)."""
+    with server.client() as client:
+        customer(client, "pk3-c")
+        assert charged_by(
+            client,
+            "pk3-c",
+            *(event(f"z{i}", "pk3-c", "pack3", {"n": n}) for i, n in enumerate((0, 0.9, 0.1, 0.2))),
+        ) == ["0", "3", "4", "4"]
 
 
 def test_unit_per_units_prices_per_thousand(server: ServerProcess) -> None:
