@@ -729,3 +729,77 @@ def test_grant_amounts_are_exact_at_12_places_and_refused_past(server: ServerPro
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "amount" in details, details
         assert remaining(client, "pico-c") == {"pico-c.g": "0.000000000001"}
+
+
+def test_overage_due_past_the_money_limit_is_exact(server: ServerProcess) -> None:
+    """Charges of (2^127 - 1) picos (as above), all overage, at an overage price of 10^18 - 10^-18 USD: the amount
+    due, L x (10^18 - 10^-18) = 170141183460469231731687303715884105556858816.539530768268312696284115894273
+    exactly (Python's Decimal at 200 digits), far past 2^127 picos; the invoice's total due is it in cents, .54,
+    and the sum of its lines' amounts due (.00 + .54 + .00: no rounding adjustment)."""
+    with server.client() as client:
+        price = "999999999999999999.999999999999999999"
+        open_contract(
+            client, "odue-c", "odue-c-c", this_hour_ms() - 2 * HOUR_MS, rate_card_id=CARD, overage_price=price
+        )
+        assert (
+            rejected_in(
+                client,
+                event("l1", "odue-c", "big", {"n": 999_999_999_999_999}, lane="a"),
+                event("l2", "odue-c", "big", {"n": 701_411_834_604_693}, lane="b"),
+                event("l3", "odue-c", "big", {"n": 1}, lane="c"),
+            )
+            == []
+        )
+        due = "170141183460469231731687303715884105556858816.539530768268312696284115894273"
+        balance = client.get_balance("odue-c")
+        assert (balance.overage_amount, balance.overage_due) == (LIMIT, due)
+        invoice = preview(client, "odue-c", now_ms())
+        assert (invoice.total_due, invoice.rounding_adjustment) == (
+            "170141183460469231731687303715884105556858816.54",
+            "0.00",
+        ), invoice.total_due
+        assert [line.amount_due for line in invoice.lines] == [
+            "99999999999999899999999999999999999900000000.00",
+            "70141183460469299999999999999999999929858816.54",
+            "31731687303715884105727000000.00",
+        ]
+
+
+def ack_summary(ack: usage_pb2.IngestAck) -> tuple[int, int, list[tuple[int, str]]]:
+    return ack.accepted, ack.duplicates, [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
+
+
+def test_dedupe_inside_one_batch_and_for_every_field(server: ServerProcess) -> None:
+    """In one batch: an event, its identical copy (a duplicate) and the same id with 1,501 tokens
+    (DUPLICATE_CONFLICT). Then the same id naming a reservation, and with one more value entry: both
+    DUPLICATE_CONFLICT. Only the first is charged: 0.045."""
+    with server.client() as client:
+        customer(client, "ddb-c")
+        at = now_ms() - 5_000
+        first = event("i1", "ddb-c", "tok", {"n": 1500}, at)
+        other = event("i1", "ddb-c", "tok", {"n": 1501}, at)
+        assert ack_summary(client.ingest_batch([first, first, other])) == (1, 1, [(2, "DUPLICATE_CONFLICT")])
+        reserved = event("i1", "ddb-c", "tok", {"n": 1500}, at)
+        reserved.reservation_id = "h1"
+        more = event("i1", "ddb-c", "tok", {"n": 1500, "m": 0}, at)
+        assert ack_summary(client.ingest_batch([reserved, more])) == (
+            0,
+            0,
+            [(0, "DUPLICATE_CONFLICT"), (1, "DUPLICATE_CONFLICT")],
+        )
+        assert charges(client, "ddb-c") == "0.045"
+
+
+def test_a_rejected_events_id_is_free_for_its_corrected_resend(server: ServerProcess) -> None:
+    """A rejected event is not kept: its id sent again with a good value (in the same batch or a later one), or
+    once its customer exists, is accepted, not a duplicate nor a conflict. Two accepted: 0.09."""
+    with server.client() as client:
+        at = now_ms() - 5_000
+        fixed = event("late", "fix-c", "tok", {"n": 1500}, at)
+        assert ack_summary(client.ingest_batch([fixed])) == (0, 0, [(0, "UNKNOWN_CUSTOMER")])
+        customer(client, "fix-c")
+        bad = event("v1", "fix-c", "tok", {"n": 1e15}, at)
+        good = event("v1", "fix-c", "tok", {"n": 1500}, at)
+        assert ack_summary(client.ingest_batch([bad, good])) == (1, 0, [(0, "INVALID_EVENT")])
+        assert ack_summary(client.ingest_batch([fixed])) == (1, 0, [])
+        assert charges(client, "fix-c") == "0.09"
