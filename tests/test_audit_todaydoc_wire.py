@@ -803,3 +803,37 @@ def test_a_rejected_events_id_is_free_for_its_corrected_resend(server: ServerPro
         assert ack_summary(client.ingest_batch([bad, good])) == (1, 0, [(0, "INVALID_EVENT")])
         assert ack_summary(client.ingest_batch([fixed])) == (1, 0, [])
         assert charges(client, "fix-c") == "0.09"
+
+
+def test_a_refund_gives_back_in_reverse_burn_order_and_a_charge_takes_back_what_pays_it(
+    server: ServerProcess,
+) -> None:
+    """Grants `r.g1` 60 for nb only and `r.g2` 50 for every product, same priority, no expiry: nb burns g1 first
+    (the narrower list). Event 1, b=100: 100, g1 60 then g2 40 (g1 0, g2 10). Event 2, a=45 and b=1: nb gives back
+    49.5 in reverse burn order, g2 its 40 then g1 9.5; na's 45 takes back g2's 40 (g1 cannot pay na) and draws 5
+    more of g2. g1 9.5, g2 5, no overage; charges 100 - 49.5 + 45 = 95.5."""
+    with server.client() as client:
+        customer(client, "r")
+        grant(client, "r.g1", "r", "60", "nb")
+        grant(client, "r.g2", "r", "50")
+        assert rejected_in(client, event("e1", "r", "mp1", {"a": 0, "b": 100})) == []
+        assert remaining(client, "r") == {"r.g1": "0", "r.g2": "10"}
+        assert rejected_in(client, event("e2", "r", "mp1", {"a": 45, "b": 1})) == []
+        balance = client.get_balance("r")
+        assert (balance.period_charges, balance.overage_amount) == ("95.5", "0")
+        assert remaining(client, "r") == {"r.g1": "9.5", "r.g2": "5"}
+
+
+def test_a_charge_takes_back_overage_another_products_refund_gave_back(server: ServerProcess) -> None:
+    """Grant `ov.g` 60 for nb only. Event 1, b=100: 60 drawn, 40 overage. Event 2, a=45 and b=1: nb's 49.5 gives
+    back its 40 of overage first, then 9.5 to the grant; na's 45 takes back the 40 of overage (any product's
+    charge may: it is overage again) and its other 5 is overage (no grant pays na). Grant 9.5, overage 45,
+    charges 95.5."""
+    with server.client() as client:
+        customer(client, "ov")
+        grant(client, "ov.g", "ov", "60", "nb")
+        assert rejected_in(client, event("e1", "ov", "mp1", {"a": 0, "b": 100})) == []
+        assert rejected_in(client, event("e2", "ov", "mp1", {"a": 45, "b": 1})) == []
+        balance = client.get_balance("ov")
+        assert (balance.period_charges, balance.overage_amount) == ("95.5", "45")
+        assert remaining(client, "ov") == {"ov.g": "9.5"}
