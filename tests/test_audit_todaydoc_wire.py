@@ -20,6 +20,7 @@ where said:
 - `na` (SUM of `a`) at 1 and `nb` (VOLUME of `b`, as `vol`), both of event type `mp1`;
 - `la` (SUM of `a`) at 1 and `ll` (LATEST of `level`) at 1, both of event type `mp2`;
 - `unpriced` (event type `unpriced`): no rate, so NO_APPLICABLE_RATE;
+- `half-priced` (at 1) and `half-unpriced` (no rate), both of event type `half`;
 - `volf` VOLUME and `gradf` GRADUATED, both up to 10 at 1 with a flat 5, beyond at 0.5 with a flat 20;
 - `pack3` PACKAGE: packages of 0.3 at 1;
 - `peak` (MAX of `n`) at 1, `calls` (COUNT) at 0.5, `gauge` (LATEST of `level`) at 1.
@@ -82,6 +83,8 @@ PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
     ("la", "mp2", pricing_pb2.SUM, "a", []),
     ("ll", "mp2", pricing_pb2.LATEST, "level", []),
     ("unpriced", "unpriced", pricing_pb2.SUM, "n", []),
+    ("half-priced", "half", pricing_pb2.SUM, "n", []),
+    ("half-unpriced", "half", pricing_pb2.SUM, "n", []),
     ("peak", "peak", pricing_pb2.MAX, "n", []),
     ("volf", "volf", pricing_pb2.SUM, "n", []),
     ("gradf", "gradf", pricing_pb2.SUM, "n", []),
@@ -115,6 +118,7 @@ def rates() -> list[pricing_pb2.Rate]:
         unit_rate("la", "1"),
         unit_rate("ll", "1"),
         unit_rate("peak", "1"),
+        unit_rate("half-priced", "1"),
         pricing_pb2.Rate(product_id="volf", tiered=tiered(pricing_pb2.VOLUME, ("10", "1", "5"), ("", "0.5", "20"))),
         pricing_pb2.Rate(product_id="gradf", tiered=tiered(pricing_pb2.GRADUATED, ("10", "1", "5"), ("", "0.5", "20"))),
         pricing_pb2.Rate(product_id="pack3", package=pricing_pb2.PackagePrice(package_size="0.3", package_price="1")),
@@ -837,3 +841,27 @@ def test_a_charge_takes_back_overage_another_products_refund_gave_back(server: S
         balance = client.get_balance("ov")
         assert (balance.period_charges, balance.overage_amount) == ("95.5", "45")
         assert remaining(client, "ov") == {"ov.g": "9.5"}
+
+
+def test_an_event_one_of_whose_products_has_no_rate_charges_none(server: ServerProcess) -> None:
+    """`half` feeds half-priced (1 a unit) and half-unpriced (no rate): NO_APPLICABLE_RATE, and the event changes
+    nothing, half-priced not charged either; its id stays free (not a duplicate when resent)."""
+    with server.client() as client:
+        customer(client, "half-c")
+        half = event("h1", "half-c", "half", {"n": 3})
+        assert rejected_in(client, half) == [("h1", "NO_APPLICABLE_RATE")]
+        assert rejected_in(client, half) == [("h1", "NO_APPLICABLE_RATE")]
+        assert charges(client, "half-c") == "0"
+
+
+def test_a_value_with_18_places_is_taken_and_with_19_refused(server: ServerProcess) -> None:
+    """1.5e-17 is 0.000000000000000015 (18 places): at 10^11 it costs 0.0000015. 1.5e-18 needs 19 places:
+    INVALID_EVENT, never rounded to 0.000000000000000002 or 0."""
+    with server.client() as client:
+        customer(client, "p18-c")
+        assert rejected_in(
+            client,
+            event("s1", "p18-c", "big", {"n": 1.5e-17}, lane="a"),
+            event("s2", "p18-c", "big", {"n": 1.5e-18}, lane="a"),
+        ) == [("s2", "INVALID_EVENT")]
+        assert charges(client, "p18-c") == "0.0000015"
