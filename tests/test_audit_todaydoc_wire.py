@@ -865,3 +865,44 @@ def test_a_value_with_18_places_is_taken_and_with_19_refused(server: ServerProce
             event("s2", "p18-c", "big", {"n": 1.5e-18}, lane="a"),
         ) == [("s2", "INVALID_EVENT")]
         assert charges(client, "p18-c") == "0.0000015"
+
+
+def test_empty_ids_are_invalid_event_and_a_malformed_customer_id_unknown_customer(server: ServerProcess) -> None:
+    """An empty event_type or customer_id is INVALID_EVENT ("missing ids", "is required"); a customer_id breaking
+    the id rule is UNKNOWN_CUSTOMER, its message naming customer_id and the rule; the good event 0.045."""
+    with server.client() as client:
+        customer(client, "emp-c")
+        ack = client.ingest_batch(
+            [
+                event("e1", "emp-c", "", {"n": 1}),
+                event("e2", "", "tok", {"n": 1}),
+                event("e3", "not an id!", "tok", {"n": 1}),
+                event("e4", "emp-c", "tok", {"n": 1500}),
+            ]
+        )
+        assert ack_summary(ack) == (1, 0, [(0, "INVALID_EVENT"), (1, "INVALID_EVENT"), (2, "UNKNOWN_CUSTOMER")])
+        assert "event_type" in ack.rejected[0].message and "customer_id" in ack.rejected[1].message
+        assert "customer_id: 'not an id!' must be 1-128 characters" in ack.rejected[2].message
+        assert charges(client, "emp-c") == "0.045"
+
+
+def test_a_streamed_batch_refused_whole_ends_the_stream_keeping_those_before(server: ServerProcess) -> None:
+    """IngestUsage: b1 (1,500 tokens) is acknowledged; b2, whose batch_id is 257 bytes, ends the stream
+    INVALID_ARGUMENT naming batch_id; b3 sent after it is not applied. Charges 0.045; b3 resent alone is accepted
+    (0.09)."""
+    with server.client() as client:
+        customer(client, "str-c")
+        first = usage_pb2.UsageBatch(batch_id="b1", events=[event("s1", "str-c", "tok", {"n": 1500})])
+        refused = usage_pb2.UsageBatch(batch_id="b" * 257, events=[event("s2", "str-c", "tok", {"n": 1500})])
+        after = usage_pb2.UsageBatch(batch_id="b3", events=[event("s3", "str-c", "tok", {"n": 1500})])
+        acks: list[usage_pb2.IngestAck] = []
+
+        def stream() -> None:
+            acks.extend(client.usage.IngestUsage(iter([first, refused, after])))
+
+        code, details = refusal(stream)
+        assert (code, [(a.batch_id, a.accepted) for a in acks]) == (grpc.StatusCode.INVALID_ARGUMENT, [("b1", 1)])
+        assert "batch_id" in details, details
+        assert charges(client, "str-c") == "0.045"
+        assert ack_summary(client.usage.IngestUsageBatch(after)) == (1, 0, [])
+        assert charges(client, "str-c") == "0.09"
