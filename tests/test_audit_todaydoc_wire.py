@@ -906,3 +906,25 @@ def test_a_streamed_batch_refused_whole_ends_the_stream_keeping_those_before(ser
         assert charges(client, "str-c") == "0.045"
         assert ack_summary(client.usage.IngestUsageBatch(after)) == (1, 0, [])
         assert charges(client, "str-c") == "0.09"
+
+
+def test_a_contracts_decimals_are_answered_without_exponent_or_trailing_zeros(server: ServerProcess) -> None:
+    """README "Decimal strings": a decimal a request set is answered in the grammar without an exponent or
+    trailing zeros, read exactly: 12.50 -> 12.5, 1e3 and 1e+3 -> 1000, 1E-7 -> 0.0000001, -0 and 0.0 -> 0,
+    0.5e-17 -> 0.000000000000000005 (18 places); 1E18 (not below 10^18) and 00 (a leading zero) are INVALID_ARGUMENT
+    naming overage_price."""
+    with server.client() as client:
+        answered = []
+        for i, text in enumerate(("12.50", "1e3", "1e+3", "1E-7", "-0", "0.0", "0.5e-17")):
+            made = open_contract(
+                client, f"dec{i}", f"dec{i}-c", this_hour_ms() - 2 * HOUR_MS, rate_card_id=CARD, overage_price=text
+            )
+            answered.append(made.overage_price)
+        assert answered == ["12.5", "1000", "1000", "0.0000001", "0", "0", "0.000000000000000005"]
+        for text in ("1E18", "00"):
+            code, details = refusal(
+                lambda text=text: open_contract(  # type: ignore[misc]
+                    client, "dec-bad", "dec-bad-c", this_hour_ms() - 2 * HOUR_MS, rate_card_id=CARD, overage_price=text
+                )
+            )
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "overage_price" in details, (text, details)
