@@ -20,6 +20,7 @@ where said:
 - `na` (SUM of `a`) at 1 and `nb` (VOLUME of `b`, as `vol`), both of event type `mp1`;
 - `la` (SUM of `a`) at 1 and `ll` (LATEST of `level`) at 1, both of event type `mp2`;
 - `unpriced` (event type `unpriced`): no rate, so NO_APPLICABLE_RATE;
+- `edge` GRADUATED: up to 1,701,411,834,604,692 at 10^11, beyond at 10^-12 plus a flat 31731687303.715884105727;
 - `half-priced` (at 1) and `half-unpriced` (no rate), both of event type `half`;
 - `volf` VOLUME and `gradf` GRADUATED, both up to 10 at 1 with a flat 5, beyond at 0.5 with a flat 20;
 - `pack3` PACKAGE: packages of 0.3 at 1;
@@ -84,6 +85,7 @@ PRODUCTS: tuple[tuple[str, str, int, str, list[str]], ...] = (
     ("ll", "mp2", pricing_pb2.LATEST, "level", []),
     ("unpriced", "unpriced", pricing_pb2.SUM, "n", []),
     ("half-priced", "half", pricing_pb2.SUM, "n", []),
+    ("edge", "edge", pricing_pb2.SUM, "n", []),
     ("half-unpriced", "half", pricing_pb2.SUM, "n", []),
     ("peak", "peak", pricing_pb2.MAX, "n", []),
     ("volf", "volf", pricing_pb2.SUM, "n", []),
@@ -119,6 +121,14 @@ def rates() -> list[pricing_pb2.Rate]:
         unit_rate("ll", "1"),
         unit_rate("peak", "1"),
         unit_rate("half-priced", "1"),
+        pricing_pb2.Rate(
+            product_id="edge",
+            tiered=tiered(
+                pricing_pb2.GRADUATED,
+                ("1701411834604692", "100000000000", ""),
+                ("", "0.000000000001", "31731687303.715884105727"),
+            ),
+        ),
         pricing_pb2.Rate(product_id="volf", tiered=tiered(pricing_pb2.VOLUME, ("10", "1", "5"), ("", "0.5", "20"))),
         pricing_pb2.Rate(product_id="gradf", tiered=tiered(pricing_pb2.GRADUATED, ("10", "1", "5"), ("", "0.5", "20"))),
         pricing_pb2.Rate(product_id="pack3", package=pricing_pb2.PackagePrice(package_size="0.3", package_price="1")),
@@ -928,3 +938,26 @@ def test_a_contracts_decimals_are_answered_without_exponent_or_trailing_zeros(se
                 )
             )
             assert code == grpc.StatusCode.INVALID_ARGUMENT and "overage_price" in details, (text, details)
+
+
+def test_one_lines_price_reaches_the_money_limit_exactly_and_refuses_one_pico_more(server: ServerProcess) -> None:
+    """edge: 999,999,999,999,999 + 701,411,834,604,693 = 1,701,411,834,604,692 units at 10^11 are
+    170,141,183,460,469,200,000,000,000. 10^-9 more enter tier 2: its flat 31,731,687,303.715884105727 plus
+    10^-21, rounded to 12 places away: the line's price is (2^127 - 1) picos exactly, accepted. 1 unit more adds
+    10^-12 (1.000000001 x 10^-12 rounded): past it, INVALID_EVENT, the line unchanged."""
+    with server.client() as client:
+        customer(client, "edge-c")
+        assert (
+            rejected_in(
+                client,
+                event("q1", "edge-c", "edge", {"n": 999_999_999_999_999}),
+                event("q2", "edge-c", "edge", {"n": 701_411_834_604_693}),
+            )
+            == []
+        )
+        assert charges(client, "edge-c") == "170141183460469200000000000"
+        assert rejected_in(client, event("q3", "edge-c", "edge", {"n": 1e-9})) == []
+        assert charges(client, "edge-c") == LIMIT
+        assert rejected_in(client, event("q4", "edge-c", "edge", {"n": 1})) == [("q4", "INVALID_EVENT")]
+        lines = [(ln.quantity, ln.amount, ln.events) for ln in preview(client, "edge-c", now_ms()).lines]
+        assert lines == [("1701411834604692.000000001", LIMIT, 3)], lines
