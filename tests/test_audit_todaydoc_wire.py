@@ -14,7 +14,7 @@ where said:
 - `fee` FLAT 7;
 - `gradk` GRADUATED per 1,000: up to 1,000 units at 2 a thousand, beyond at 1 a thousand;
 - `dim` priced by `model` and `region`: 1 by default, 2 for model=x, 3 for model=x and region=eu, 4 for model "";
-- `big` priced by `lane`: 10^11 by default, 31731687303.715884105727 for lane=c;
+- `big` priced by `lane`: 10^11 by default, 31731687303.715884105727 for lane=c, 100 less for lane=d;
 - `tiny` UNIT 0.000000000000000001 (18 places);
 - `uniq` UNIQUE_COUNT of dimension `user`, 1 each;
 - `na` (SUM of `a`) at 1 and `nb` (VOLUME of `b`, as `vol`), both of event type `mp1`;
@@ -113,6 +113,7 @@ def rates() -> list[pricing_pb2.Rate]:
         unit_rate("dim", "4", model=""),
         unit_rate("big", "100000000000"),
         unit_rate("big", "31731687303.715884105727", lane="c"),
+        unit_rate("big", "31731687203.715884105727", lane="d"),
         unit_rate("tiny", "0.000000000000000001"),
         unit_rate("uniq", "1"),
         unit_rate("na", "1"),
@@ -961,3 +962,33 @@ def test_one_lines_price_reaches_the_money_limit_exactly_and_refuses_one_pico_mo
         assert rejected_in(client, event("q4", "edge-c", "edge", {"n": 1})) == [("q4", "INVALID_EVENT")]
         lines = [(ln.quantity, ln.amount, ln.events) for ln in preview(client, "edge-c", now_ms()).lines]
         assert lines == [("1701411834604692.000000001", LIMIT, 3)], lines
+
+
+def test_the_money_limit_is_checked_on_each_charge_before_the_event_is_netted(server: ServerProcess) -> None:
+    """Lines a and b at 10^11 (170,141,183,460,469,200,000,000,000), d (31,731,687,203.715884105727) and nb (b=100
+    at 1: 100), no grant: charges and overage are (2^127 - 1) picos exactly. One event with a=40 and b=1 would net
+    -9.5 (na 40, nb 100 -> 50.5), but the period's totals are checked per charge in product-id order before
+    netting: na's 40 first, past the limit, INVALID_EVENT naming 'na', nothing changed. The same usage in two
+    events is taken: b=1 gives back 49.5 (...254.215884105727), then a=40 charges 40 (...294.215884105727)."""
+    with server.client() as client:
+        customer(client, "net-lim")
+        assert (
+            rejected_in(
+                client,
+                event("l1", "net-lim", "big", {"n": 999_999_999_999_999}, lane="a"),
+                event("l2", "net-lim", "big", {"n": 701_411_834_604_693}, lane="b"),
+                event("l3", "net-lim", "big", {"n": 1}, lane="d"),
+                event("l4", "net-lim", "mp1", {"a": 0, "b": 100}),
+            )
+            == []
+        )
+        assert charges(client, "net-lim") == LIMIT
+        ack = client.ingest_batch([event("l5", "net-lim", "mp1", {"a": 40, "b": 1})])
+        assert ack_summary(ack) == (0, 0, [(0, "INVALID_EVENT")])
+        assert "'na'" in ack.rejected[0].message, ack.rejected[0].message
+        assert charges(client, "net-lim") == LIMIT
+        assert rejected_in(client, event("l6", "net-lim", "mp1", {"a": 0, "b": 1})) == []
+        assert charges(client, "net-lim") == "170141183460469231731687254.215884105727"
+        assert rejected_in(client, event("l7", "net-lim", "mp1", {"a": 40, "b": 0})) == []
+        balance = client.get_balance("net-lim")
+        assert (balance.period_charges, balance.overage_amount) == ("170141183460469231731687294.215884105727",) * 2
