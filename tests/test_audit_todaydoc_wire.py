@@ -992,3 +992,28 @@ def test_the_money_limit_is_checked_on_each_charge_before_the_event_is_netted(se
         assert rejected_in(client, event("l7", "net-lim", "mp1", {"a": 40, "b": 0})) == []
         balance = client.get_balance("net-lim")
         assert (balance.period_charges, balance.overage_amount) == ("170141183460469231731687294.215884105727",) * 2
+
+
+def test_latest_of_events_with_one_timestamp_is_the_one_ingested_last(server: ServerProcess) -> None:
+    """gauge at 1, each event its own batch: 10 at t (10), then 4 at the same t: the one ingested last counts,
+    the line 4 (-6); then 7 at t: 7. In one batch, 10 then 4 at one t leave the line at 4."""
+    with server.client() as client:
+        customer(client, "same-t")
+        t = now_ms() - 10_000
+        assert charged_by(
+            client,
+            "same-t",
+            event("s1", "same-t", "gauge", {"level": 10}, t),
+            event("s2", "same-t", "gauge", {"level": 4}, t),
+            event("s3", "same-t", "gauge", {"level": 7}, t),
+        ) == ["10", "4", "7"]
+        customer(client, "same-b")
+        assert (
+            rejected_in(
+                client,
+                event("b1", "same-b", "gauge", {"level": 10}, t),
+                event("b2", "same-b", "gauge", {"level": 4}, t),
+            )
+            == []
+        )
+        assert charges(client, "same-b") == "4"
