@@ -564,6 +564,10 @@ type Tier struct {
 	// Decimal or formula: price per per_units within the tier; "0" when empty.
 	UnitPrice string `protobuf:"bytes,2,opt,name=unit_price,json=unitPrice,proto3" json:"unit_price,omitempty"`
 	// Decimal or formula: added once when the tier is entered; "0" when empty.
+	// A quantity of 0 enters no tier. GRADUATED adds the flat price of every
+	// tier the quantity has entered; VOLUME only that of the tier the whole
+	// quantity reaches (up to 10 at 1 plus 5, beyond at 0.5 plus 20: 11 units
+	// are 20 + 5.5 = 25.5 in VOLUME, 5 + 10 + 20 + 0.5 = 35.5 in GRADUATED).
 	FlatPrice     string `protobuf:"bytes,3,opt,name=flat_price,json=flatPrice,proto3" json:"flat_price,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

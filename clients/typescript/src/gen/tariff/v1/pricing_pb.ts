@@ -168,6 +168,10 @@ export type Tier = Message<"tariff.v1.Tier"> & {
 
   /**
    * Decimal or formula: added once when the tier is entered; "0" when empty.
+   * A quantity of 0 enters no tier. GRADUATED adds the flat price of every
+   * tier the quantity has entered; VOLUME only that of the tier the whole
+   * quantity reaches (up to 10 at 1 plus 5, beyond at 0.5 plus 20: 11 units
+   * are 20 + 5.5 = 25.5 in VOLUME, 5 + 10 + 20 + 0.5 = 35.5 in GRADUATED).
    *
    * @generated from field: string flat_price = 3;
    */
