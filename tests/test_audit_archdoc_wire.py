@@ -548,17 +548,27 @@ def test_an_error_status_stays_small_whatever_the_request(client: TariffClient) 
 
 
 def test_an_error_status_with_many_violations_keeps_its_details_within_4096_bytes(client: TariffClient) -> None:
+    # A tiered price of 1,000 tiers, each priced at 10^18 (out of range): 1,000 findings, which PublishVersion
+    # answers as violations, the first ones and a count.
     publish_card(client, "manybad", "1")
-    rates = [unit("p", "+1", k=f"v{i}") for i in range(2_000)]
-    request = pricing_pb2.CreateDraftVersionRequest(rate_card_id="manybad", based_on_version=1, upsert_rates=rates)
+    tiers = [pricing_pb2.Tier(up_to=str(i + 1), unit_price="1e18") for i in range(999)]
+    tiers.append(pricing_pb2.Tier(unit_price="1e18"))
+    rate = pricing_pb2.Rate(product_id="p", tiered=pricing_pb2.TieredPrice(mode=pricing_pb2.GRADUATED, tiers=tiers))
+    request = pricing_pb2.CreateDraftVersionRequest(rate_card_id="manybad", based_on_version=1, upsert_rates=[rate])
+    number = client.pricing.CreateDraftVersion(request).version
+    publish = pricing_pb2.PublishVersionRequest(
+        rate_card_id="manybad", version=number, effective_from=stamp(JAN_2024_MS)
+    )
     with pytest.raises(TariffError) as failed:
-        client.pricing.CreateDraftVersion(request)
+        client.pricing.PublishVersion(publish)
     assert failed.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(failed.value.details.encode()) <= 512
     status = failed.value.status
     assert status is not None
-    assert sum(len(detail.SerializeToString()) for detail in status.details) <= 4096
-    assert failed.value.field_violations  # the first ones are named
+    assert len(status.SerializeToString()) <= 4096  # the google.rpc.Status, message included
+    assert failed.value.details.endswith("(1000 violations in all; ValidateVersion lists them all)")
+    named = [v.field for v in failed.value.field_violations]
+    assert named[0] == "version.rates[0].tiered.tiers[0].unit_price" and named[-1] == ""  # "N more" comes last
 
 
 # §6 and §8: a price field's value is held by validation, its text by the grammar where it enters -------------------
