@@ -766,3 +766,78 @@ def test_an_event_past_the_future_skew_is_timestamp_out_of_range_and_one_within_
     near.timestamp_ms += 60_000
     assert rejected_in(client, ahead, near) == [("skew-far", "TIMESTAMP_OUT_OF_RANGE")]
     assert charges(client, "skew") == "2"
+
+
+# §6 Free-text input; §7 Bad input gets a precise answer ---------------------------------------------------------------
+
+
+def test_a_shown_text_with_a_control_is_refused_naming_the_field_position_and_code_point(client: TariffClient) -> None:
+    before = audit_count(client)
+    request = contracts_pb2.CreateCustomerRequest(id="shown", name="abc\u202edef")
+    with pytest.raises(TariffError) as failed:
+        client.contracts.CreateCustomer(request)
+    assert (failed.value.code, [v.field for v in failed.value.field_violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["name"],
+    )
+    assert "character 4 is U+202E" in failed.value.details
+    assert audit_count(client) == before
+    publish_card(client, "noted", "1")
+    note = "first line\n\tsecond line"  # a change note may hold LF and tab, not CR
+    draft = pricing_pb2.CreateDraftVersionRequest(rate_card_id="noted", based_on_version=1, change_note=note)
+    assert client.pricing.CreateDraftVersion(draft).change_note == note
+    draft.change_note = "a\rb"
+    assert refused(lambda: client.pricing.CreateDraftVersion(draft)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["change_note"],
+    )
+
+
+def test_usage_texts_are_not_held_to_the_shown_text_rule(client: TariffClient) -> None:
+    # An event's dimension values are the events' as sent: an ESC in one is taken.
+    customer(client, "esc")
+    assert rejected_in(client, event("esc1", "esc", 1, dimensions={"k": "a\x1bb"})) == []
+    assert charges(client, "esc") == "1"
+
+
+def test_an_events_customer_id_breaking_the_id_rule_is_unknown_customer_naming_the_rule(client: TariffClient) -> None:
+    ack = client.ingest_batch([event("rule1", "bad/id", 1), event("rule2", "nobody-at-all", 1)])
+    answers = [(r.transaction_id, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected]
+    assert answers == [("rule1", "UNKNOWN_CUSTOMER"), ("rule2", "UNKNOWN_CUSTOMER")]
+    assert ack.rejected[0].message.startswith("customer_id: 'bad/id' must be 1-128 characters")
+    assert "does not exist" in ack.rejected[1].message
+
+
+# §7 Nothing acknowledged is lost; retries hold across a restart ----------------------------------------------------------
+
+
+def test_what_was_acknowledged_survives_a_kill_and_its_retries_answer_the_same(server: ServerProcess) -> None:
+    with server.client() as client:
+        customer(client, "durable")
+        sent = event("durable-1", "durable", 7)
+        assert rejected_in(client, sent) == []
+        made = client.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id="durable"))
+    server.kill9()
+    server.restart()
+    with server.client() as client:
+        assert charges(client, "durable") == "7"
+        ack = client.ingest_batch([sent])
+        assert (ack.accepted, ack.duplicates) == (0, 1)
+        retry = contracts_pb2.CreateCustomerRequest(id="durable", name="durable")
+        assert client.contracts.CreateCustomer(retry) == made
+        other = contracts_pb2.CreateCustomerRequest(id="durable", name="someone else")
+        assert refused(lambda: client.contracts.CreateCustomer(other))[0] == grpc.StatusCode.ALREADY_EXISTS
+        assert charges(client, "durable") == "7"
+
+
+# §8 List page size: 100 by default, at most 1,000 ----------------------------------------------------------------------
+
+
+def test_a_list_page_is_100_by_default_and_at_most_1000_whatever_is_asked(client: TariffClient) -> None:
+    # 1,001 customers of this test's own (ids "page-0000" up to "page-1000"), besides the module's others.
+    for i in range(1_001):
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=f"page-{i:04d}"))
+    default = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest())
+    assert (len(default.customers), bool(default.next_page_token)) == (100, True)
+    asked = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=5_000))
+    assert (len(asked.customers), bool(asked.next_page_token)) == (1_000, True)
