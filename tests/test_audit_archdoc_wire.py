@@ -634,6 +634,28 @@ def test_a_charge_out_of_range_rejects_the_event_and_authorize_names_the_request
     assert client.get_balance("huge1").credits_held == "0"
 
 
+def test_the_authorize_streams_answer_a_charge_out_of_range_in_band_holding_nothing(client: TariffClient) -> None:
+    # As above; the next request on the stream is answered as usual (1 unit: 999999999999999999 credits, overage).
+    publish_card(client, "huge2", "999999999999999999")
+    customer(client, "huge2c", "huge2")
+    values = {"n": 999999999999999.9}
+    out_of_range = balance_pb2.AuthorizeRequest(
+        request_id="s1", customer_id="huge2c", event_type="p", values=values, reserve=True
+    )
+    within = balance_pb2.AuthorizeRequest(request_id="s2", customer_id="huge2c", event_type="p", values={"n": 1})
+    answers = list(client.balance.AuthorizeStream(iter([out_of_range, within])))
+    assert [(a.request_id, a.reason, a.allowed) for a in answers] == [
+        ("s1", "INVALID_REQUEST", False),
+        ("s2", "OVERAGE_ALLOWED", True),
+    ]
+    assert answers[0].message == "the charge for product 'p' is out of range"
+    assert answers[1].estimated_cost == "999999999999999999"
+    batch = balance_pb2.AuthorizeBatch(requests=[out_of_range])
+    (result,) = list(client.balance.AuthorizeBatches(iter([batch])))
+    assert [(a.request_id, a.reason) for a in result.responses] == [("s1", "INVALID_REQUEST")]
+    assert client.get_balance("huge2c").credits_held == "0"
+
+
 # §6 Overage due: 45 integer digits printed whole; an invoice rounds half-even once to the minor unit ---------------------
 
 
@@ -841,3 +863,22 @@ def test_a_list_page_is_100_by_default_and_at_most_1000_whatever_is_asked(client
     assert (len(default.customers), bool(default.next_page_token)) == (100, True)
     asked = client.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=5_000))
     assert (len(asked.customers), bool(asked.next_page_token)) == (1_000, True)
+
+
+def test_a_reservation_id_past_256_bytes_is_refused_by_authorize_and_rejects_a_usage_event(
+    client: TariffClient,
+) -> None:
+    customer(client, "resv")
+    grant(client, "resv", "resv-g", "100")
+    request = balance_pb2.AuthorizeRequest(
+        request_id="a", customer_id="resv", event_type="p", values={"n": 1}, reserve=True, reservation_id="x" * 257
+    )
+    assert refused(lambda: client.balance.Authorize(request)) == (grpc.StatusCode.INVALID_ARGUMENT, ["reservation_id"])
+    assert client.get_balance("resv").credits_held == "0"
+    request.reservation_id = "x" * 256
+    assert client.balance.Authorize(request).reservation_id == "x" * 256
+    assert client.get_balance("resv").credits_held == "1"
+    ack = client.ingest_batch([event("resv-long", "resv", 1, reservation_id="y" * 257)])
+    assert [(r.transaction_id, usage_pb2.RejectReason.Name(r.reason), r.message) for r in ack.rejected] == [
+        ("resv-long", "INVALID_EVENT", "reservation_id is longer than 256 bytes")
+    ]
