@@ -882,3 +882,21 @@ def test_a_reservation_id_past_256_bytes_is_refused_by_authorize_and_rejects_a_u
     assert [(r.transaction_id, usage_pb2.RejectReason.Name(r.reason), r.message) for r in ack.rejected] == [
         ("resv-long", "INVALID_EVENT", "reservation_id is longer than 256 bytes")
     ]
+
+
+def test_explain_line_item_refuses_a_page_size_past_1000_where_the_lists_cap_it(client: TariffClient) -> None:
+    customer(client, "explained")
+    assert rejected_in(client, event("explained-1", "explained", 2)) == []
+    start = client.get_balance("explained").period_start
+
+    def explain(page_size: int) -> invoices_pb2.ExplainLineItemResponse:
+        request = invoices_pb2.ExplainLineItemRequest(
+            customer_id="explained", period_start=start, line_id="p", page_size=page_size
+        )
+        answer: invoices_pb2.ExplainLineItemResponse = client.invoices.ExplainLineItem(request)
+        return answer
+
+    assert len(explain(1_000).events) == 1
+    assert refused(lambda: explain(1_001)) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_size"])
+    audit = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1_001))
+    assert len(audit.entries) <= 1_000  # a list reads 1,001 as 1,000
