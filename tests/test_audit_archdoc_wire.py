@@ -900,3 +900,43 @@ def test_explain_line_item_refuses_a_page_size_past_1000_where_the_lists_cap_it(
     assert refused(lambda: explain(1_001)) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_size"])
     audit = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(page_size=1_001))
     assert len(audit.entries) <= 1_000  # a list reads 1,001 as 1,000
+
+
+# §8 Instants: a part finer than a millisecond ------------------------------------------------------------------------------
+
+
+def test_a_period_start_past_a_whole_millisecond_is_refused_by_a_close_and_dropped_by_a_preview(
+    client: TariffClient,
+) -> None:
+    # A close names a period by its exact start: 2024-01-01T00:00:00.000000001Z is none. A preview locates the period
+    # holding the instant, as the whole millisecond would.
+    customer(client, "finestart")
+    finer = stamp(JAN_2024_MS)
+    finer.nanos = 1
+    close = invoices_pb2.ClosePeriodRequest(customer_id="finestart", period_start=finer)
+    assert refused(lambda: client.invoices.ClosePeriod(close)) == (grpc.StatusCode.INVALID_ARGUMENT, ["period_start"])
+    located = preview(client, "finestart", JAN_2024_MS)
+    request = invoices_pb2.PreviewInvoiceRequest(customer_id="finestart", period_start=finer)
+    assert client.invoices.PreviewInvoice(request).period_start == located.period_start
+
+
+def test_an_effective_from_off_the_hour_by_a_nanosecond_is_refused(client: TariffClient) -> None:
+    publish_card(client, "finehour", "1")
+    number = client.pricing.CreateDraftVersion(
+        pricing_pb2.CreateDraftVersionRequest(rate_card_id="finehour", based_on_version=1)
+    ).version
+    request = pricing_pb2.PublishVersionRequest(rate_card_id="finehour", version=number)
+    request.effective_from.seconds, request.effective_from.nanos = 4_102_444_800, 1  # 2100-01-01 and 1 ns
+    assert refused(lambda: client.pricing.PublishVersion(request)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["effective_from"],
+    )
+
+
+def test_authorize_estimates_an_event_type_no_product_has_at_0(client: TariffClient) -> None:
+    customer(client, "longtype2")
+    request = balance_pb2.AuthorizeRequest(
+        request_id="lt", customer_id="longtype2", event_type="p" * 1000, values={"n": 5}
+    )
+    answer = client.balance.Authorize(request)
+    assert (answer.allowed, answer.estimated_cost) == (True, "0")
