@@ -302,6 +302,11 @@ def test_charges_round_each_side_to_picos_half_even(client: TariffClient) -> Non
     events = [event(f"h{i}", "half3", 1) for i in range(3)]
     assert rejected_in(client, *events) == []
     assert charges(client, "half3") == "0.000000000002"
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id="half3", period_start=client.get_balance("half3").period_start, line_id="p"
+    )
+    amounts = [e.amount for e in client.invoices.ExplainLineItem(request).events]
+    assert amounts == ["0", "0.000000000001", "0.000000000001"]  # in the order rated
     customer(client, "half1", "halfpico")
     assert rejected_in(client, event("h1-only", "half1", 1)) == []
     assert charges(client, "half1") == "0"  # 0.5 pico rounds to the even 0
@@ -940,3 +945,35 @@ def test_authorize_estimates_an_event_type_no_product_has_at_0(client: TariffCli
     )
     answer = client.balance.Authorize(request)
     assert (answer.allowed, answer.estimated_cost) == (True, "0")
+
+
+def test_a_values_key_of_256_bytes_is_taken_and_257_rejected(client: TariffClient) -> None:
+    customer(client, "valuekeys")
+    assert rejected_in(
+        client,
+        event("vk-257", "valuekeys", 1, values={"n": 1.0, "k" * 257: 1.0}),
+        event("vk-256", "valuekeys", 1, values={"n": 1.0, "k" * 256: 1.0}),
+    ) == [("vk-257", "INVALID_EVENT")]
+    assert charges(client, "valuekeys") == "1"
+
+
+def test_a_price_per_units_is_an_exact_ratio_rounded_to_picos_once_per_side(client: TariffClient) -> None:
+    # 1 credit per 3 units is not rounded at 18 places: 10^12 units cost 333333333333.333333333333 (whole picos).
+    # Two events of a unit: price(1) = 0.333333333333(3) -> 0.333333333333, price(2) = 0.666666666666(6) ->
+    # 0.666666666667, so they are charged 0.333333333333 and 0.333333333334: 0.666666666667 in all.
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="per3", pricing_unit="credits"))
+    rate = pricing_pb2.Rate(product_id="p", unit=pricing_pb2.UnitPrice(price="1", per_units="3"))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="per3", upsert_rates=[rate]))
+    publish = pricing_pb2.PublishVersionRequest(rate_card_id="per3", version=1, effective_from=stamp(JAN_2024_MS))
+    client.pricing.PublishVersion(publish)
+    customer(client, "per-many", "per3")
+    assert rejected_in(client, event("per-many-1", "per-many", 1e12)) == []
+    assert charges(client, "per-many") == "333333333333.333333333333"
+    customer(client, "per-two", "per3")
+    assert rejected_in(client, event("per-two-1", "per-two", 1), event("per-two-2", "per-two", 1)) == []
+    assert charges(client, "per-two") == "0.666666666667"
+    request = invoices_pb2.ExplainLineItemRequest(
+        customer_id="per-two", period_start=client.get_balance("per-two").period_start, line_id="p"
+    )
+    explained = client.invoices.ExplainLineItem(request)
+    assert sorted(e.amount for e in explained.events) == ["0.333333333333", "0.333333333334"]
