@@ -21,7 +21,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import audit_count, open_contract, preview, rejected_in, serving, unit
+from tests.audit_fixtures import open_contract, preview, rejected_in, serving, unit
 from tests.serverproc import ServerProcess
 
 JAN_2024_MS = 1_704_067_200_000
@@ -59,6 +59,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def client(server: ServerProcess) -> Iterator[TariffClient]:
     with server.client() as made:
         yield made
+
+
+def audit_count(client: TariffClient) -> int:
+    """Every entry of the audit log, page after page (a module's log outgrows a page: 1,001 customers are made)."""
+    total, after = 0, 0
+    while True:
+        page = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(after_seq=after, page_size=1000))
+        total += len(page.entries)
+        if not page.entries:
+            return total
+        after = page.entries[-1].seq
 
 
 def customer(client: TariffClient, customer_id: str, card: str = "card", **fields: str) -> None:
@@ -977,3 +988,25 @@ def test_a_price_per_units_is_an_exact_ratio_rounded_to_picos_once_per_side(clie
     )
     explained = client.invoices.ExplainLineItem(request)
     assert sorted(e.amount for e in explained.events) == ["0.333333333333", "0.333333333334"]
+
+
+def test_a_request_id_keys_a_grant_and_a_draft_so_a_retry_makes_nothing_and_another_request_is_already_exists(
+    client: TariffClient,
+) -> None:
+    customer(client, "keyed")
+    new = contracts_pb2.Grant(contract_id="keyed-k", kind=contracts_pb2.PREPAID, amount="5", paid_amount="1")
+    request = contracts_pb2.GrantCreditsRequest(grant=new, request_id="grant-key")
+    first = client.contracts.GrantCredits(request)
+    before = audit_count(client)
+    assert client.contracts.GrantCredits(request) == first
+    request.grant.amount = "6"
+    assert refused(lambda: client.contracts.GrantCredits(request))[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert client.get_balance("keyed").credits_remaining == "5"
+    publish_card(client, "keyedcard", "1")
+    draft = pricing_pb2.CreateDraftVersionRequest(rate_card_id="keyedcard", based_on_version=1, request_id="draft-key")
+    made = client.pricing.CreateDraftVersion(draft)
+    assert client.pricing.CreateDraftVersion(draft) == made
+    draft.change_note = "another"
+    assert refused(lambda: client.pricing.CreateDraftVersion(draft))[0] == grpc.StatusCode.ALREADY_EXISTS
+    # The card's creation, its version 1's draft and publish, and the keyed draft: 4 entries, none of a retry's.
+    assert audit_count(client) == before + 4
