@@ -1010,3 +1010,25 @@ def test_a_request_id_keys_a_grant_and_a_draft_so_a_retry_makes_nothing_and_anot
     assert refused(lambda: client.pricing.CreateDraftVersion(draft))[0] == grpc.StatusCode.ALREADY_EXISTS
     # The card's creation, its version 1's draft and publish, and the keyed draft: 4 entries, none of a retry's.
     assert audit_count(client) == before + 4
+
+
+# §6 Revenue: drawn x paid_amount / amount, from the cumulative draw, rounded half-even to picos once -------------------
+
+
+def test_revenue_is_recognised_from_the_cumulative_draw_rounded_once(client: TariffClient) -> None:
+    # A grant of 3 credits paid 1 USD, drawn 1 then 1: 2 x 1 / 3 = 0.666666666666(6) USD rounds to 0.666666666667
+    # (the draws rounded one by one would give 0.333333333333 twice, 0.666666666666); 0.333333333333 stays deferred.
+    customer(client, "revenue")
+    new = contracts_pb2.Grant(
+        id="revenue-g", contract_id="revenue-k", kind=contracts_pb2.PREPAID, amount="3", paid_amount="1"
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=new))
+    assert rejected_in(client, event("revenue-1", "revenue", 1), event("revenue-2", "revenue", 1)) == []
+    balance = client.get_balance("revenue")
+    request = invoices_pb2.GetRevenueReportRequest(
+        period_start=balance.period_start, period_end=balance.period_end, customer_id="revenue"
+    )
+    report = client.invoices.GetRevenueReport(request)
+    (line,) = report.customer_lines
+    assert (line.recognized, line.deferred) == ("0.666666666667", "0.333333333333")
+    assert report.reconciliation.reconciles
