@@ -1032,3 +1032,46 @@ def test_revenue_is_recognised_from_the_cumulative_draw_rounded_once(client: Tar
     (line,) = report.customer_lines
     assert (line.recognized, line.deferred) == ("0.666666666667", "0.333333333333")
     assert report.reconciliation.reconciles
+
+
+# §6 Decimal input: not negative unless the field allows it (parameters may be) ------------------------------------------
+
+
+def negative_request(client: TariffClient, message: str, name: str) -> Callable[[], object]:
+    """The call setting `message`'s field `name` to "-1", sound values elsewhere, on customer `negative`."""
+    contracts = client.contracts
+    if message == "override":
+        override = contracts_pb2.PriceOverride(product_id="p")
+        setattr(override, name, "-1")
+        request = contracts_pb2.AddOverrideRequest(contract_id="negative-k", override=override)
+        return lambda: contracts.AddOverride(request)
+    if message == "top_up":
+        policy = contracts_pb2.TopUpPolicy(threshold="10", recharge_to="100", price_per_credit="0.9", max_per_period=1)
+        setattr(policy, name, "-1")
+        top_up = contracts_pb2.SetTopUpPolicyRequest(contract_id="negative-k", top_up=policy)
+        return lambda: contracts.SetTopUpPolicy(top_up)
+    new = contracts_pb2.Grant(id="neg-g", contract_id="negative-k", kind=contracts_pb2.PREPAID, amount="1")
+    new.paid_amount = "1"
+    setattr(new, name, "-1")
+    grant_request = contracts_pb2.GrantCreditsRequest(grant=new)
+    return lambda: contracts.GrantCredits(grant_request)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "override.multiplier",
+        "override.price",
+        "top_up.threshold",
+        "top_up.recharge_to",
+        "top_up.price_per_credit",
+        "grant.paid_amount",
+        "grant.rollover_fraction",
+    ],
+)
+def test_a_negative_decimal_is_refused_naming_its_field_and_changes_nothing(client: TariffClient, field: str) -> None:
+    customer(client, "negative")
+    message, name = field.split(".")
+    before = audit_count(client)
+    assert refused(negative_request(client, message, name)) == (grpc.StatusCode.INVALID_ARGUMENT, [field])
+    assert audit_count(client) == before
