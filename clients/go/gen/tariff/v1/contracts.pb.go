@@ -72,7 +72,11 @@
 // ("0", "-1.5", "0.03", "12.50", "1e3", "1E-7"); at most 64 characters, and the
 // value below 10^18 with at most 18 decimal places ("1e-19" is refused, never
 // rounded). Anything else ("1_000", " 1", "+1", "1.", ".5", "1.e3", "007",
-// other scripts' digits) is INVALID_ARGUMENT naming the field. Amounts the
+// other scripts' digits) is INVALID_ARGUMENT naming the field. A price field
+// of pricing.proto is held to the grammar so, but to 1,000 characters, and its
+// value (a plain decimal's too) to the range by validation: a draft pricing
+// "1e18" is made, ValidateVersion reports the error and PublishVersion refuses
+// it (pricing.proto, above UnitPrice). Amounts the
 // server writes follow the same grammar, without an exponent or trailing zeros,
 // but for an invoice's amounts due, written with exactly the currency's
 // minor_unit places ("12.30", "0.00", "1500"; invoices.proto). So do the
@@ -89,7 +93,8 @@
 // INVALID_ARGUMENT whose violations do not all fit carries the first ones in
 // its google.rpc.BadRequest, then one last violation with an empty field
 // saying how many more there are (and, for a version's findings, that
-// ValidateVersion lists them all); its message ends "(N violations in all)".
+// ValidateVersion lists them all); its message ends "(N violations in all)"
+// ("(N violations in all; ValidateVersion lists them all)" for a version's).
 // A value quoted in a message or violation may be cut, ending with "…".
 //
 // Paged lists (ListCustomers, ListRateCards, ListAlertRules, ListInvoices)

@@ -205,7 +205,9 @@ export const TierSchema: GenMessage<Tier> = /*@__PURE__*/
  * numbers written in it: "1e-19 * 1e3" prices 0.0000000000000001. Formulas are evaluated once,
  * at validation, to 60 significant digits, and the price is that value
  * rounded half-even to 18 decimal places ("1 / 3" prices 0.333333333333333333),
- * where a decimal written with more than 18 places is refused, never rounded.
+ * where a decimal written with more than 18 places is refused, never rounded:
+ * so is one of 10^18 or more, or negative ("1e18", "1e-19" and "-1" are
+ * errors naming the field, as a formula's value would be; the draft is made).
  * The rounded value is below 10^18 too: "999999999999999999.9999999999999999999
  * * 1" rounds to 10^18, an error naming the field (ValidateVersion; a
  * PublishVersion refuses it with INVALID_ARGUMENT).
