@@ -1,0 +1,515 @@
+"""README "## Reliability and security", audited statement by statement over the wire against one real server started
+with keys (tests/serverproc.py), plus a few restarts of servers of their own. What the other audit files of the area
+pin (tests/test_audit_reliability_wire.py, _reliab2_, _security_, _security2_, _scopes_, _keys3_, _limits_,
+_bounded_, _backup_, tests/test_server_ops.py, tests/test_server_startup.py) is not repeated here: this file takes the
+statements they leave open, as a client reads them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from tariff import TariffClient
+from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
+
+from server.convert import timestamp as stamp
+from tests.audit_fixtures import audit_count, refusal, serving, this_hour_ms
+from tests.demo_usage import ACME, CHEAP, demo_batch
+from tests.serverproc import ServerFactory, ServerProcess
+from tests.test_server_auth import BETA, Keys, add_beta, code_of
+
+BATCH_MAX = 5
+KEYS: dict[str, tuple[str, list[str] | None]] = {
+    "ops-admin": ("admin", None),
+    "meter": ("ingest", None),
+    "finance": ("read", None),
+    "acme-portal": ("read", [ACME]),
+    "acme-admin": ("admin", [ACME]),
+}
+
+
+class World:
+    def __init__(self, server: ServerProcess, keys: Keys) -> None:
+        self.server, self.keys = server, keys
+
+    def client(self, key_name: str = "ops-admin") -> TariffClient:
+        return self.server.client(api_key=self.keys.key[key_name])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root: Path = tmp_path_factory.mktemp("audit-reliabdoc")
+    keys = Keys(root / "keys.json", KEYS)
+    args = [*keys.args, "--batch-events-max", str(BATCH_MAX)]
+    process = ServerProcess(root / "data", demo=True, extra_args=args, api_key=keys.key["ops-admin"])
+    for server in serving(process, add_beta):
+        yield World(server, keys)
+
+
+def seq(client: TariffClient) -> int:
+    """The journal's seq as a read sees it (acme's balance carries it)."""
+    return int(client.get_balance(ACME).as_of_seq)
+
+
+def grant(
+    grant_id: str, amount: str, *, customer_id: str = ACME, request_id: str = ""
+) -> contracts_pb2.GrantCreditsRequest:
+    return contracts_pb2.GrantCreditsRequest(
+        grant=contracts_pb2.Grant(id=grant_id, customer_id=customer_id, kind=contracts_pb2.PREPAID, amount=amount),
+        request_id=request_id,
+    )
+
+
+def held(customer_id: str, reservation_id: str, **fields: object) -> balance_pb2.AuthorizeRequest:
+    return balance_pb2.AuthorizeRequest(
+        request_id=f"req-{reservation_id}",
+        customer_id=customer_id,
+        event_type="ai_action",
+        dimensions=CHEAP,
+        reserve=True,
+        reservation_id=reservation_id,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# "Every state-changing call is safe to retry": the keys of the table, as a client sends them
+
+
+def test_a_grant_naming_neither_an_id_nor_a_request_id_is_refused_on_grant_id_and_changes_nothing(world: World) -> None:
+    """README table, GrantCredits: "one of them is required (INVALID_ARGUMENT on grant.id otherwise)"."""
+    with world.client() as admin:
+        before, entries = seq(admin), audit_count(admin)
+        code, message = refusal(lambda: admin.contracts.GrantCredits(grant("", "10")))
+        assert (code, "grant.id" in message) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+        assert (seq(admin), audit_count(admin)) == (before, entries)
+
+
+def test_a_grant_keyed_by_its_request_id_retried_answers_it_again_and_another_body_is_already_exists(
+    world: World,
+) -> None:
+    """README table, GrantCredits: `request_id` when `grant.id` is empty is the key; the same request again answers
+    with what the first call made and changes nothing (no journal record, no audit entry); the same key with a
+    different request is ALREADY_EXISTS."""
+    with world.client() as admin:
+        first = admin.contracts.GrantCredits(grant("", "7", request_id="rd-grant-key"))
+        before, entries = seq(admin), audit_count(admin)
+        again = admin.contracts.GrantCredits(grant("", "7", request_id="rd-grant-key"))
+        assert again == first
+        assert (seq(admin), audit_count(admin)) == (before, entries)
+        code, _ = refusal(lambda: admin.contracts.GrantCredits(grant("", "8", request_id="rd-grant-key")))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert (seq(admin), audit_count(admin)) == (before, entries)
+
+
+@pytest.mark.parametrize("spelling", ["1e3", "1000.0"])
+def test_a_grants_amount_is_compared_as_written_so_1000_then_another_spelling_is_already_exists(
+    world: World, spelling: str
+) -> None:
+    """README: "a grant of 1000, one of 1e3 and one of 1000.0 under one id are three requests"."""
+    grant_id = f"rd-spelt-{spelling}"
+    with world.client() as admin:
+        admin.contracts.GrantCredits(grant(grant_id, "1000"))
+        before = seq(admin)
+        code, message = refusal(lambda: admin.contracts.GrantCredits(grant(grant_id, spelling)))
+        assert code == grpc.StatusCode.ALREADY_EXISTS, message
+        assert seq(admin) == before
+
+
+def test_a_contract_without_an_id_is_keyed_by_customer_and_start_and_without_currency_differs_from_usd(
+    world: World,
+) -> None:
+    """README table, CreateContract: an empty id becomes `<customer>-<yyyymmdd>` of the start and the retry answers
+    the same contract; "a field left empty differs from its default written out (a contract without currency and
+    one with USD)": the same id with `USD` written out is ALREADY_EXISTS."""
+    today = dt.datetime.now(dt.UTC)
+    month_start = dt.datetime(today.year, today.month, 1, tzinfo=dt.UTC)
+    start = int(month_start.timestamp() * 1000)
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-noid", name="No id"))
+        request = contracts_pb2.CreateContractRequest(
+            customer_id="rd-noid", rate_card_id="ai-credits", starting_at=stamp(start)
+        )
+        first = admin.contracts.CreateContract(request)
+        assert first.id == f"rd-noid-{month_start:%Y%m%d}"
+        before, entries = seq(admin), audit_count(admin)
+        assert admin.contracts.CreateContract(request) == first
+        assert (seq(admin), audit_count(admin)) == (before, entries)
+        named = contracts_pb2.CreateContractRequest()
+        named.CopyFrom(request)
+        named.id, named.currency = first.id, "USD"
+        code, _ = refusal(lambda: admin.contracts.CreateContract(named))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert seq(admin) == before
+
+
+def test_an_override_without_an_id_is_keyed_by_its_text_so_0_5_and_0_50_are_two_overrides(world: World) -> None:
+    """README table, AddOverride: an empty id becomes `override-<hash>` of the content as written; the same text
+    again answers the same override; "a multiplier 0.50 and one 0.5 are two keys"."""
+
+    def override(multiplier: str) -> contracts_pb2.AddOverrideRequest:
+        return contracts_pb2.AddOverrideRequest(
+            contract_id="beta-2026",
+            override=contracts_pb2.PriceOverride(
+                product_id="ai_action", match={"model": "gpt-4"}, multiplier=multiplier
+            ),
+        )
+
+    def ids(contract: contracts_pb2.Contract) -> set[str]:
+        return {o.id for o in contract.overrides}
+
+    with world.client() as admin:
+        first = admin.contracts.AddOverride(override("0.5"))
+        before = seq(admin)
+        assert admin.contracts.AddOverride(override("0.5")) == first
+        assert seq(admin) == before
+        made = ids(first)
+        assert len(made) == 1 and next(iter(made)).startswith("override-"), made
+        second = admin.contracts.AddOverride(override("0.50"))
+        assert len(ids(second)) == 2 and ids(second) > made
+
+
+def test_an_alert_without_an_id_is_keyed_by_its_rule_with_the_threshold_compared_as_a_value(world: World) -> None:
+    """README table, CreateAlert: an empty id becomes `alert-<hash>` of the rule's content; "only SetTopUpPolicy and
+    CreateAlert compare values (a threshold 10.50 and one 1.05e1 are the same)": the second spelling answers the
+    first rule and changes nothing."""
+
+    def rule(threshold: str) -> alerts_pb2.CreateAlertRequest:
+        return alerts_pb2.CreateAlertRequest(customer_id=BETA, type=alerts_pb2.LOW_BALANCE, threshold=threshold)
+
+    with world.client() as admin:
+        first = admin.alerts.CreateAlert(rule("10.50"))
+        assert first.id.startswith("alert-"), first.id
+        before = seq(admin)
+        again = admin.alerts.CreateAlert(rule("1.05e1"))
+        assert again.id == first.id
+        assert seq(admin) == before
+
+
+def test_a_deleted_rule_deleted_again_answers_it_and_its_id_is_never_taken_again(world: World) -> None:
+    """README table, DeleteAlertRule: "deleting a deleted rule answers it again" (nothing journaled); CreateAlert:
+    "a deleted rule's id is ALREADY_EXISTS (ids are not used again)", even for the very same rule."""
+    request = alerts_pb2.CreateAlertRequest(id="rd-gone", customer_id=BETA, type=alerts_pb2.LOW_BALANCE, threshold="5")
+    with world.client() as admin:
+        admin.alerts.CreateAlert(request)
+        first = admin.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id="rd-gone"))
+        before = seq(admin)
+        assert admin.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id="rd-gone")) == first
+        assert seq(admin) == before
+        code, message = refusal(lambda: admin.alerts.CreateAlert(request))
+        assert code == grpc.StatusCode.ALREADY_EXISTS and "rd-gone" in message, message
+        assert seq(admin) == before
+
+
+def test_a_draft_keyed_by_request_id_retried_is_the_same_draft_and_another_body_is_already_exists(
+    world: World,
+) -> None:
+    """README table, CreateDraftVersion: `rate_card_id` and `request_id` are the key."""
+
+    def draft(note: str) -> pricing_pb2.CreateDraftVersionRequest:
+        return pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="ai-credits", set_parameters={"rd_param": "1"}, change_note=note, request_id="rd-draft"
+        )
+
+    with world.client() as admin:
+        first = admin.pricing.CreateDraftVersion(draft("one"))
+        before = seq(admin)
+        assert admin.pricing.CreateDraftVersion(draft("one")).version == first.version
+        assert seq(admin) == before
+        code, _ = refusal(lambda: admin.pricing.CreateDraftVersion(draft("two")))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert seq(admin) == before
+
+
+def test_a_publish_retried_answers_its_version_and_with_another_effective_from_is_failed_precondition(
+    world: World,
+) -> None:
+    """README table, PublishVersion: publishing a published version again with the same `effective_from`, or none,
+    answers as the first call; with another `effective_from` it is FAILED_PRECONDITION. A card of its own, in force
+    from the next hour, so that nothing is re-rated."""
+    at = this_hour_ms() + 3_600_000
+    with world.client() as admin:
+        admin.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="rd-card", name="rd", pricing_unit="credits"))
+        draft = admin.pricing.CreateDraftVersion(
+            pricing_pb2.CreateDraftVersionRequest(rate_card_id="rd-card", set_parameters={"p": "1"}, request_id="v1")
+        )
+
+        def publish(at_ms: int | None) -> pricing_pb2.PublishVersionResponse:
+            request = pricing_pb2.PublishVersionRequest(rate_card_id="rd-card", version=draft.version)
+            if at_ms is not None:
+                request.effective_from.CopyFrom(stamp(at_ms))
+            published: pricing_pb2.PublishVersionResponse = admin.pricing.PublishVersion(request)
+            return published
+
+        first = publish(at)
+        before = seq(admin)
+        assert publish(at) == first and publish(None) == first
+        assert seq(admin) == before
+        code, _ = refusal(lambda: publish(at + 3_600_000))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert seq(admin) == before
+
+
+def test_a_hold_retried_answers_it_another_request_under_its_id_is_already_exists_and_a_release_twice_alike(
+    world: World,
+) -> None:
+    """README table, Authorize with `reserve`: the same request again answers with the same hold (the message
+    "already held: ..."); "another request
+    under it is ALREADY_EXISTS"; ReleaseReservation: "releasing again answers the same amount"."""
+    with world.client() as admin:
+        first = admin.balance.Authorize(held(BETA, "rd-hold"))
+        assert first.allowed, first.reason
+        before = seq(admin)
+        again = admin.balance.Authorize(held(BETA, "rd-hold"))
+        assert again.message.startswith("already held: "), again.message
+        again.ClearField("message")
+        assert again == first
+        assert seq(admin) == before
+        other = held(BETA, "rd-hold", reservation_ttl=Duration(seconds=61))
+        code, _ = refusal(lambda: admin.balance.Authorize(other))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        release = balance_pb2.ReleaseReservationRequest(customer_id=BETA, reservation_id="rd-hold")
+        released = admin.balance.ReleaseReservation(release).released_amount
+        assert released == first.estimated_cost == "0.5"
+        after = seq(admin)
+        assert admin.balance.ReleaseReservation(release).released_amount == released
+        assert seq(admin) == after
+
+
+def test_close_due_periods_with_nothing_due_answers_no_invoices_and_writes_nothing(world: World) -> None:
+    """README table, CloseDuePeriods: "a retry finds nothing left to close, answers no invoices and writes
+    nothing" (every contract here is in its first, open period)."""
+    with world.client() as admin:
+        before = seq(admin)
+        for _ in range(2):
+            answer = admin.invoices.CloseDuePeriods(invoices_pb2.CloseDuePeriodsRequest())
+            assert (len(answer.invoices), answer.invoices_made) == (0, 0)
+        assert seq(admin) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# "A batch that accepts nothing changes nothing"
+
+
+def test_an_empty_batch_takes_no_record_and_its_ack_carries_the_current_journal_seq(world: World) -> None:
+    with world.client("meter") as meter:
+        before = seq(meter)
+        acks = [meter.usage.IngestUsageBatch(usage_pb2.UsageBatch(batch_id="rd-empty")) for _ in range(2)]
+        assert acks[0] == acks[1]
+        assert (acks[0].accepted, acks[0].duplicates, acks[0].journal_seq) == (0, 0, before)
+        assert seq(meter) == before
+
+
+def test_a_batch_of_only_duplicates_takes_no_record_and_a_resend_gets_the_same_answer(world: World) -> None:
+    with world.client("meter") as meter:
+        batch = demo_batch("rd-dups", "rd-dups", 3, customer=BETA)  # stamped once: a resend is the same content
+        first = meter.usage.IngestUsageBatch(batch)
+        assert (first.accepted, first.journal_seq) == (3, seq(meter))
+        before = seq(meter)
+        resends = [meter.usage.IngestUsageBatch(batch) for _ in range(2)]
+        assert resends[0] == resends[1]
+        assert (resends[0].accepted, resends[0].duplicates, resends[0].journal_seq) == (0, 3, before)
+        assert seq(meter) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: one past is refused where the request enters, naming the field; one at it is taken
+
+
+def test_a_batch_past_batch_events_max_is_resource_exhausted_whole_and_one_at_it_is_accepted(world: World) -> None:
+    with world.client("meter") as meter:
+        before = seq(meter)
+        code, message = refusal(lambda: meter.usage.IngestUsageBatch(demo_batch("rd-big", "rd-big", BATCH_MAX + 1)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, message
+        assert seq(meter) == before
+        ack = meter.usage.IngestUsageBatch(demo_batch("rd-big", "rd-big", BATCH_MAX))
+        assert (ack.accepted, ack.duplicates) == (BATCH_MAX, 0)
+
+
+def test_a_customer_id_of_129_characters_is_refused_naming_id_and_one_of_128_is_kept(world: World) -> None:
+    with world.client() as admin:
+        before = seq(admin)
+        long = contracts_pb2.CreateCustomerRequest(id="c" * 129, name="long")
+        code, message = refusal(lambda: admin.contracts.CreateCustomer(long))
+        assert (code, message.startswith("id")) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+        assert seq(admin) == before
+        kept = admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="c" * 128, name="long"))
+        assert kept.id == "c" * 128
+
+
+def test_a_customer_name_past_256_bytes_or_65_attributes_is_refused_naming_the_field(world: World) -> None:
+    with world.client() as admin:
+        before = seq(admin)
+        name = contracts_pb2.CreateCustomerRequest(id="rd-name", name="é" * 128 + "x")  # 257 bytes
+        code, message = refusal(lambda: admin.contracts.CreateCustomer(name))
+        assert (code, "name" in message) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+        many = contracts_pb2.CreateCustomerRequest(id="rd-name", name="n", attributes={f"k{i}": "v" for i in range(65)})
+        code, message = refusal(lambda: admin.contracts.CreateCustomer(many))
+        assert (code, "attributes" in message) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+        assert seq(admin) == before
+        kept = contracts_pb2.CreateCustomerRequest(
+            id="rd-name", name="é" * 128, attributes={f"k{i}": "v" for i in range(64)}
+        )
+        assert admin.contracts.CreateCustomer(kept).name == "é" * 128
+
+
+def test_a_decimal_of_65_characters_is_refused_naming_the_field(world: World) -> None:
+    amount = "1." + "0" * 63  # 65 characters, a value (1) well within range
+    with world.client() as admin:
+        before = seq(admin)
+        code, message = refusal(lambda: admin.contracts.GrantCredits(grant("rd-long-amount", amount)))
+        assert (code, "amount" in message) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+        assert seq(admin) == before
+
+
+def test_authorize_ids_past_256_bytes_are_refused_naming_them_and_ids_of_256_are_held(world: World) -> None:
+    with world.client("meter") as meter:
+        before = seq(meter)
+        for field in ("reservation_id", "request_id"):
+            request = held(BETA, "r" * 256)
+            request.request_id = "q" * 256
+            setattr(request, field, "r" * 257)
+            code, message = refusal(functools.partial(meter.balance.Authorize, request))
+            assert (code, field in message) == (grpc.StatusCode.INVALID_ARGUMENT, True), message
+        assert seq(meter) == before
+        request = held(BETA, "r" * 256)
+        request.request_id = "q" * 256
+        assert meter.balance.Authorize(request).allowed
+        release = balance_pb2.ReleaseReservationRequest(customer_id=BETA, reservation_id="r" * 256)
+        assert meter.balance.ReleaseReservation(release).released_amount == "0.5"
+
+
+def test_a_transaction_id_past_256_bytes_is_an_invalid_event_and_one_of_256_is_accepted(world: World) -> None:
+    batch = demo_batch("rd-txn", "x", 2, customer=BETA)
+    batch.events[0].transaction_id = "t" * 257
+    batch.events[1].transaction_id = "t" * 256
+    with world.client("meter") as meter:
+        ack = meter.usage.IngestUsageBatch(batch)
+    assert ack.accepted == 1
+    assert [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected] == [(0, "INVALID_EVENT")]
+
+
+# ---------------------------------------------------------------------------------------------
+# API keys: what a restricted key may do, and how a refusal reads
+
+
+def test_a_restricted_read_key_reads_its_customer_and_the_shared_catalogue(world: World) -> None:
+    """README "API keys": a key with `customers` may touch those customers; "the product catalogue (ListProducts) is
+    shared"."""
+    with world.client("acme-portal") as portal:
+        assert portal.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=ACME)).id == ACME
+        assert portal.get_balance(ACME).customer_id == ACME
+        products = portal.pricing.ListProducts(pricing_pb2.ListProductsRequest()).products
+        assert "ai_action" in {p.id for p in products}
+        listed = portal.contracts.ListCustomers(contracts_pb2.ListCustomersRequest(page_size=100)).customers
+        assert [c.id for c in listed] == [ACME]
+
+
+def test_a_restricted_admin_key_may_not_make_a_rule_for_every_customer_and_nothing_is_made(world: World) -> None:
+    """README "API keys": "alert rules for every customer" are refused to a restricted key (PERMISSION_DENIED naming
+    the key); its own customer's rule is made."""
+    everyone = alerts_pb2.CreateAlertRequest(id="rd-all", all=True, type=alerts_pb2.LOW_BALANCE, threshold="1")
+    with world.client("acme-admin") as acme_admin, world.client() as admin:
+        before = seq(admin)
+        code, message = refusal(lambda: acme_admin.alerts.CreateAlert(everyone))
+        assert (code, "acme-admin" in message) == (grpc.StatusCode.PERMISSION_DENIED, True), message
+        assert seq(admin) == before
+        own = alerts_pb2.CreateAlertRequest(id="rd-acme", customer_id=ACME, type=alerts_pb2.LOW_BALANCE, threshold="1")
+        assert acme_admin.alerts.CreateAlert(own).id == "rd-acme"
+
+
+def test_a_read_keys_ingest_is_permission_denied_naming_key_and_role_and_applies_nothing(world: World) -> None:
+    with world.client("finance") as finance, world.client() as admin:
+        before = admin.get_balance(BETA)
+        code, message = refusal(lambda: finance.usage.IngestUsageBatch(demo_batch("rd-ro", "rd-ro", 1, customer=BETA)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED, message
+        assert "finance" in message and "read" in message, message
+        assert admin.get_balance(BETA) == before
+
+
+def test_a_restricted_keys_refusal_about_another_customer_tells_nothing_of_it(world: World) -> None:
+    """README "API keys": PERMISSION_DENIED "with a message naming the key, its role or the customer, and no data of
+    any other customer": beta's name, contract, grant and amounts are absent."""
+    with world.client("acme-portal") as portal:
+        for call in (
+            lambda: portal.get_balance(BETA),
+            lambda: portal.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id=BETA)),
+            lambda: portal.contracts.GetContract(contracts_pb2.GetContractRequest(id="beta-2026")),
+        ):
+            code, message = refusal(call)
+            assert code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND), message
+            for secret in ("Beta Ltd", "beta-prepaid", "100", "90"):
+                assert secret not in message, message
+
+
+def test_health_answers_without_a_key_where_a_tariff_call_is_unauthenticated(world: World) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(world.server.target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        get_balance = channel.unary_unary(
+            "/tariff.v1.BalanceService/GetBalance",
+            request_serializer=balance_pb2.GetBalanceRequest.SerializeToString,
+            response_deserializer=balance_pb2.Balance.FromString,
+        )
+        code, _ = code_of(lambda: get_balance(balance_pb2.GetBalanceRequest(customer_id=ACME), timeout=10))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---------------------------------------------------------------------------------------------
+# Restarts: the keys the server derives (an empty id) are the same after kill -9 and after a clean stop
+
+
+def _derived(admin: TariffClient, month_start_ms: int) -> list[object]:
+    """Calls whose key the server derives or takes from `request_id`; each answer, serialized."""
+    contract = admin.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            customer_id="rd-r", rate_card_id="ai-credits", starting_at=stamp(month_start_ms)
+        )
+    )
+    override = admin.contracts.AddOverride(
+        contracts_pb2.AddOverrideRequest(
+            contract_id=contract.id,
+            override=contracts_pb2.PriceOverride(product_id="ai_action", match={"model": "gpt-4"}, multiplier="0.5"),
+        )
+    )
+    rule = admin.alerts.CreateAlert(
+        alerts_pb2.CreateAlertRequest(customer_id="rd-r", type=alerts_pb2.LOW_BALANCE, threshold="2.50")
+    )
+    granted = admin.contracts.GrantCredits(grant("", "30", customer_id="rd-r", request_id="rd-r-grant"))
+    return [m.SerializeToString(deterministic=True) for m in (contract, override, rule, granted)]
+
+
+def test_keys_the_server_derives_answer_alike_after_kill_9_and_a_clean_stop_and_change_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    """README: the same key with the same request "is answered with what the first call made ... and changes nothing
+    (no journal record, no audit entry), also after a restart". The keys here are the ones a client does not send:
+    a contract's customer and start, an override's and a rule's content, a grant's `request_id`."""
+    today = dt.datetime.now(dt.UTC)
+    month_start_ms = int(dt.datetime(today.year, today.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    server = server_factory(demo=True)
+    with server.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-r", name="R"))
+        _derived(admin, month_start_ms)
+        first = _derived(admin, month_start_ms)  # "as it is now": the contract's answer holds its override and grant
+        ack = admin.usage.IngestUsageBatch(demo_batch("rd-r-usage", "rd-r-usage", 3, customer="rd-r"))
+        assert ack.accepted == 3
+        balance, entries = admin.get_balance("rd-r"), audit_count(admin)
+    for how in ("kill -9", "clean stop"):
+        if how == "kill -9":
+            server.kill9()
+        else:
+            assert server.terminate() == 0
+        server.restart()
+        with server.client() as admin:
+            assert admin.get_balance("rd-r") == balance, how
+            assert _derived(admin, month_start_ms) == first, how
+            assert (admin.get_balance("rd-r"), audit_count(admin)) == (balance, entries), how
