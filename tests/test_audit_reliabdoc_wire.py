@@ -52,6 +52,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(server, keys)
 
 
+def _month_start_ms() -> int:
+    today = dt.datetime.now(dt.UTC)
+    return int(dt.datetime(today.year, today.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
 def seq(client: TariffClient) -> int:
     """The journal's seq as a read sees it (acme's balance carries it)."""
     return int(client.get_balance(ACME).as_of_seq)
@@ -513,3 +518,216 @@ def test_keys_the_server_derives_answer_alike_after_kill_9_and_a_clean_stop_and_
             assert admin.get_balance("rd-r") == balance, how
             assert _derived(admin, month_start_ms) == first, how
             assert (admin.get_balance("rd-r"), audit_count(admin)) == (balance, entries), how
+
+
+# ---------------------------------------------------------------------------------------------
+# More of the retry table: what "the same request" is
+
+
+def test_a_grants_expiry_is_compared_in_whole_milliseconds_so_a_finer_retry_is_the_same_request(world: World) -> None:
+    """README: "an instant is compared as kept, in whole milliseconds (... a grant expiring at 10:00:00.000500 and one
+    expiring at 10:00:00.000 under one id are one request)"."""
+    expiry_ms = this_hour_ms() + 48 * 3_600_000
+    with world.client() as admin:
+        finer = grant("rd-expiry", "3")
+        finer.grant.expires_at.CopyFrom(stamp(expiry_ms))
+        finer.grant.expires_at.nanos += 500_000  # 0.5 ms past the millisecond
+        first = admin.contracts.GrantCredits(finer)
+        before = seq(admin)
+        whole = grant("rd-expiry", "3")
+        whole.grant.expires_at.CopyFrom(stamp(expiry_ms))
+        assert admin.contracts.GrantCredits(whole) == first
+        assert seq(admin) == before
+
+
+def test_a_contract_without_overage_price_differs_from_one_with_1_written_out(world: World) -> None:
+    """README: "a field left empty differs from its default written out (... without overage_price and with 1)"."""
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-ovg", name="O"))
+        request = contracts_pb2.CreateContractRequest(
+            id="rd-ovg-c", customer_id="rd-ovg", rate_card_id="ai-credits", starting_at=stamp(this_hour_ms())
+        )
+        admin.contracts.CreateContract(request)
+        before = seq(admin)
+        request.overage_price = "1"
+        code, _ = refusal(lambda: admin.contracts.CreateContract(request))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert seq(admin) == before
+
+
+def test_a_draft_retried_with_a_price_written_0_50_instead_of_0_5_is_another_request(world: World) -> None:
+    """README: "prices or multipliers 0.50 and 0.5" are two requests under one key."""
+
+    def draft(price: str) -> pricing_pb2.CreateDraftVersionRequest:
+        rate = pricing_pb2.Rate(product_id="ai_action", unit=pricing_pb2.UnitPrice(price=price))
+        return pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="ai-credits", upsert_rates=[rate], request_id="rd-price-draft"
+        )
+
+    with world.client() as admin:
+        admin.pricing.CreateDraftVersion(draft("0.5"))
+        before = seq(admin)
+        code, _ = refusal(lambda: admin.pricing.CreateDraftVersion(draft("0.50")))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert seq(admin) == before
+
+
+def test_a_contract_id_the_server_derives_is_suffixed_when_taken_and_retried_answers_the_suffixed_one(
+    world: World,
+) -> None:
+    """README table, CreateContract: the id becomes `<customer>-<yyyymmdd>`, "or `acme-20261201.2`, `.3`, ... when
+    another contract already holds that id"; the retry answers that contract, not a `.3`."""
+    start = _month_start_ms()  # at midnight UTC: the id is named after the day
+    day = dt.datetime.fromtimestamp(start / 1000, dt.UTC).strftime("%Y%m%d")
+    with world.client() as admin:
+        for customer in ("rd-sfx", "rd-sfx-other"):
+            admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer, name=customer))
+        taken = contracts_pb2.CreateContractRequest(
+            id=f"rd-sfx-{day}", customer_id="rd-sfx-other", rate_card_id="ai-credits", starting_at=stamp(start)
+        )
+        admin.contracts.CreateContract(taken)
+        request = contracts_pb2.CreateContractRequest(
+            customer_id="rd-sfx", rate_card_id="ai-credits", starting_at=stamp(start)
+        )
+        first = admin.contracts.CreateContract(request)
+        assert first.id == f"rd-sfx-{day}.2"
+        before = seq(admin)
+        assert admin.contracts.CreateContract(request) == first
+        assert seq(admin) == before
+
+
+def test_a_derived_contract_id_off_midnight_names_the_starts_unix_ms_and_a_long_customer_id_is_cut_to_128(
+    world: World,
+) -> None:
+    """README table, CreateContract (and contracts.proto CreateContractRequest.id): the id is the customer and the
+    start's UTC date, "or its Unix ms when the start is not at midnight", "a long customer id cut shorter to keep 128
+    characters with the start whole"."""
+    customer = "L" * 128
+    start = _month_start_ms() + 3_600_000  # 01:00 UTC
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer, name="long"))
+        request = contracts_pb2.CreateContractRequest(
+            customer_id=customer, rate_card_id="ai-credits", starting_at=stamp(start)
+        )
+        made = admin.contracts.CreateContract(request)
+    assert made.id == "L" * (127 - len(str(start))) + f"-{start}", made.id
+
+
+def test_a_contract_overlapping_one_the_customer_holds_is_failed_precondition_naming_it(world: World) -> None:
+    """README table, CreateContract: "a customer's contracts never overlap, so a retry on a later day is refused as
+    overlapping, FAILED_PRECONDITION naming the contract in that time" (the later day sent as a later start)."""
+    start = this_hour_ms()
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-ovl", name="ovl"))
+        request = contracts_pb2.CreateContractRequest(
+            customer_id="rd-ovl", rate_card_id="ai-credits", starting_at=stamp(start)
+        )
+        first = admin.contracts.CreateContract(request)
+        before = seq(admin)
+        request.starting_at.CopyFrom(stamp(start + 24 * 3_600_000))
+        code, message = refusal(lambda: admin.contracts.CreateContract(request))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and first.id in message, message
+        assert seq(admin) == before
+
+
+def test_setting_the_top_up_policy_in_force_again_answers_the_contract_and_changes_nothing(world: World) -> None:
+    """README table, SetTopUpPolicy: "setting the policy already in force through a contract in its currency answers
+    with the contract and changes nothing"; values are compared (a threshold 10.50 and one 1.05e1 are the same)."""
+
+    def policy(threshold: str) -> contracts_pb2.SetTopUpPolicyRequest:
+        top_up = contracts_pb2.TopUpPolicy(
+            threshold=threshold, recharge_to="20", price_per_credit="0.01", max_per_period=2
+        )
+        return contracts_pb2.SetTopUpPolicyRequest(contract_id="rd-tu-c", top_up=top_up)
+
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-tu", name="tu"))
+        admin.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="rd-tu-c",
+                customer_id="rd-tu",
+                rate_card_id="ai-credits",
+                currency="USD",
+                starting_at=stamp(this_hour_ms()),
+            )
+        )
+        first = admin.contracts.SetTopUpPolicy(policy("10.50"))
+        before, entries = seq(admin), audit_count(admin)
+        assert admin.contracts.SetTopUpPolicy(policy("1.05e1")) == first
+        assert (seq(admin), audit_count(admin)) == (before, entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# More limits of what a request holds
+
+
+def test_a_usage_events_65th_dimension_or_a_257_byte_value_is_an_invalid_event_and_64_are_taken(world: World) -> None:
+    batch = demo_batch("rd-dims", "rd-dims", 3, customer=BETA)
+    batch.events[0].dimensions.update({f"d{i}": "v" for i in range(65 - len(CHEAP))})
+    batch.events[1].dimensions["action"] = "a" * 257
+    batch.events[2].dimensions.update({f"d{i}": "v" for i in range(64 - len(CHEAP))})
+    with world.client("meter") as meter:
+        ack = meter.usage.IngestUsageBatch(batch)
+    assert ack.accepted == 1
+    assert [(r.index, usage_pb2.RejectReason.Name(r.reason)) for r in ack.rejected] == [
+        (0, "INVALID_EVENT"),
+        (1, "INVALID_EVENT"),
+    ]
+
+
+def test_an_event_type_longer_than_any_product_feeds_none_and_is_accepted_charging_nothing(world: World) -> None:
+    """README limits table: a usage event's `event_type` has no limit "but the message's ... one longer than a
+    product's 256 bytes feeds no product, accepted charging nothing (Authorize estimates it at 0)"."""
+    batch = demo_batch("rd-etype", "rd-etype", 1, customer=BETA)
+    batch.events[0].event_type = "e" * 300
+    with world.client("meter") as meter:
+        charged = meter.get_balance(BETA).period_charges
+        assert meter.usage.IngestUsageBatch(batch).accepted == 1
+        assert meter.get_balance(BETA).period_charges == charged
+        asked = balance_pb2.AuthorizeRequest(request_id="rd-etype", customer_id=BETA, event_type="e" * 300)
+        answer = meter.balance.Authorize(asked)
+    assert (answer.allowed, answer.estimated_cost) == (True, "0")
+
+
+def test_an_override_match_value_past_256_bytes_is_refused_naming_its_key(world: World) -> None:
+    request = contracts_pb2.AddOverrideRequest(
+        contract_id="beta-2026",
+        override=contracts_pb2.PriceOverride(
+            id="rd-long-match", product_id="ai_action", match={"model": "m" * 257}, multiplier="2"
+        ),
+    )
+    with world.client() as admin:
+        before = seq(admin)
+        code, message = refusal(lambda: admin.contracts.AddOverride(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "override.match.model" in message, message
+        assert seq(admin) == before
+
+
+def test_a_top_up_policy_of_1001_purchases_a_period_is_refused_naming_max_per_period(world: World) -> None:
+    top_up = contracts_pb2.TopUpPolicy(threshold="1", recharge_to="2", price_per_credit="1", max_per_period=1001)
+    with world.client() as admin:
+        before = seq(admin)
+        request = contracts_pb2.SetTopUpPolicyRequest(contract_id="beta-2026", top_up=top_up)
+        code, message = refusal(lambda: admin.contracts.SetTopUpPolicy(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_up.max_per_period" in message, message
+        assert seq(admin) == before
+
+
+@pytest.mark.parametrize("amount", ["1000000000000000000", "1.0000000000000000001"])
+def test_a_decimal_of_10_to_the_18_or_19_places_is_refused_naming_the_field(world: World, amount: str) -> None:
+    """README limits table: a decimal string is "64 characters, below 10^18, 18 places"."""
+    with world.client() as admin:
+        before = seq(admin)
+        code, message = refusal(lambda: admin.contracts.GrantCredits(grant(f"rd-dec-{len(amount)}", amount)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "amount" in message, message
+        assert seq(admin) == before
+
+
+def test_a_bidirectional_control_in_a_customer_name_is_refused_with_its_position_and_code_point(world: World) -> None:
+    """README limits table, the exact words: `name: character 4 is U+202E (a bidirectional control), which a name
+    may not hold`."""
+    request = contracts_pb2.CreateCustomerRequest(id="rd-bidi", name="abc\u202edef")
+    with world.client() as admin:
+        code, message = refusal(lambda: admin.contracts.CreateCustomer(request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message == "name: character 4 is U+202E (a bidirectional control), which a name may not hold", message
