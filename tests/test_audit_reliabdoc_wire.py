@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pric
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import audit_count, refusal, serving, this_hour_ms
 from tests.demo_usage import ACME, CHEAP, demo_batch
-from tests.serverproc import ServerFactory, ServerProcess
+from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_server_auth import BETA, Keys, add_beta, code_of
 
 BATCH_MAX = 5
@@ -731,3 +736,100 @@ def test_a_bidirectional_control_in_a_customer_name_is_refused_with_its_position
         code, message = refusal(lambda: admin.contracts.CreateCustomer(request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message == "name: character 4 is U+202E (a bidirectional control), which a name may not hold", message
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys of their own, holds that take no record, the key file
+
+
+def test_a_drafts_request_id_is_its_cards_own_key_so_another_card_takes_the_same_one(world: World) -> None:
+    """README table, CreateDraftVersion: "a key is the card's own"."""
+    with world.client() as admin:
+        admin.pricing.CreateRateCard(
+            pricing_pb2.CreateRateCardRequest(id="rd-card2", name="two", pricing_unit="credits")
+        )
+        request = pricing_pb2.CreateDraftVersionRequest(
+            rate_card_id="ai-credits", set_parameters={"shared": "1"}, request_id="rd-shared-key"
+        )
+        admin.pricing.CreateDraftVersion(request)
+        request.rate_card_id = "rd-card2"
+        assert admin.pricing.CreateDraftVersion(request).version == 1
+
+
+def test_a_denied_hold_and_its_repeat_take_no_journal_record(world: World) -> None:
+    """README "A batch that accepts nothing changes nothing": "a denied or repeated hold and a repeated release take
+    none" (a BLOCK contract with no credits denies)."""
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-blk", name="blocked"))
+        admin.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="rd-blk-c",
+                customer_id="rd-blk",
+                rate_card_id="ai-credits",
+                overage_policy=contracts_pb2.BLOCK,
+                starting_at=stamp(this_hour_ms()),
+            )
+        )
+        before = seq(admin)
+        for _ in range(2):
+            denied = admin.balance.Authorize(held("rd-blk", "rd-blk-hold"))
+            assert (denied.allowed, denied.reason) == (False, "INSUFFICIENT_CREDIT")
+        assert seq(admin) == before
+
+
+@pytest.mark.parametrize("request_id", ["k" * 129, "with space"])
+def test_a_request_id_key_breaking_the_id_rule_is_refused_naming_request_id(world: World, request_id: str) -> None:
+    """README limits table: "an id a client chooses or names (... `request_id` keys)" is 128 characters of
+    `A-Z a-z 0-9 . _ : @ -`, refused naming the field."""
+    with world.client() as admin:
+        before = seq(admin)
+        for call in (
+            lambda: admin.contracts.GrantCredits(grant("", "5", request_id=request_id)),
+            lambda: admin.pricing.CreateDraftVersion(
+                pricing_pb2.CreateDraftVersionRequest(rate_card_id="ai-credits", request_id=request_id)
+            ),
+        ):
+            code, message = refusal(call)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("request_id: "), message
+        assert seq(admin) == before
+
+
+def test_a_customer_attribute_with_an_empty_key_is_refused_naming_attributes(world: World) -> None:
+    """README limits table: a customer's `attributes` keys are "non-empty"."""
+    request = contracts_pb2.CreateCustomerRequest(id="rd-attr", name="a", attributes={"": "v"})
+    with world.client() as admin:
+        code, message = refusal(lambda: admin.contracts.CreateCustomer(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("attributes[]"), message
+        code, _ = refusal(lambda: admin.contracts.GetCustomer(contracts_pb2.GetCustomerRequest(id="rd-attr")))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_keys_new_writes_json_0600_with_only_the_printed_keys_hash_and_the_customers_spaces_dropped(
+    tmp_path: Path,
+) -> None:
+    """README "API keys": `tariff keys new` prints the key once on stdout and appends its entry; the file is created
+    0600, JSON when its name does not end in `.toml`, and holds only the key's SHA-256; `--customers` drops the
+    spaces around each id."""
+    key_file = tmp_path / "keys.conf"
+    command = [sys.executable, "-m", "server.cli", "keys", "new", "--name", "portal", "--role", "read"]
+    done = subprocess.run(
+        [*command, "--customers", " acme , acme-eu ", "--file", str(key_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert key and done.stdout == key + "\n"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    text = key_file.read_text()
+    assert key not in text
+    entry = json.loads(text)["keys"][0]
+    assert entry == {
+        "name": "portal",
+        "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        "role": "read",
+        "customers": ["acme", "acme-eu"],
+    }
