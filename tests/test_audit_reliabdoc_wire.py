@@ -833,3 +833,63 @@ def test_keys_new_writes_json_0600_with_only_the_printed_keys_hash_and_the_custo
         "role": "read",
         "customers": ["acme", "acme-eu"],
     }
+
+
+def test_a_batch_past_the_events_limit_on_a_stream_ends_it_keeping_the_ack_before_and_applying_none_after(
+    world: World,
+) -> None:
+    """README "What the server does today" and usage.proto IngestUsage: a batch refused whole (past the events limit)
+    "ends an IngestUsage stream with its status: the batches before it stay acknowledged, none sent after it is
+    applied"; sent again alone, the one after it is accepted."""
+    batches = [
+        demo_batch("rd-s-0", "rd-s-0", 1, customer=BETA),
+        demo_batch("rd-s-1", "rd-s-1", BATCH_MAX + 1, customer=BETA),
+        demo_batch("rd-s-2", "rd-s-2", 1, customer=BETA),
+    ]
+    acked: list[str] = []
+    with grpc.insecure_channel(world.server.target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        ingest = channel.stream_stream(
+            "/tariff.v1.UsageService/IngestUsage",
+            request_serializer=usage_pb2.UsageBatch.SerializeToString,
+            response_deserializer=usage_pb2.IngestAck.FromString,
+        )
+        metadata = [("authorization", f"Bearer {world.keys.key['meter']}")]
+        with pytest.raises(grpc.RpcError) as ended:
+            for ack in ingest(iter(batches), metadata=metadata, timeout=30):
+                acked.append(ack.batch_id)
+    assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, ended.value.details()
+    assert acked == ["rd-s-0"]
+    with world.client("meter") as meter:
+        assert (
+            meter.usage.IngestUsageBatch(batches[0]).duplicates,
+            meter.usage.IngestUsageBatch(batches[2]).accepted,
+        ) == (
+            1,
+            1,
+        )
+
+
+def test_a_key_added_to_the_file_while_the_server_runs_is_unauthenticated_until_a_restart(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """README "API keys": "The server reads the file when it starts, and only then"."""
+    key_file = tmp_path / "keys.toml"
+    keys_new = [sys.executable, "-m", "server.cli", "keys", "new", "--file", str(key_file)]
+
+    def new_key(name: str, role: str) -> str:
+        done = subprocess.run(
+            [*keys_new, "--name", name, "--role", role], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    admin_key = new_key("billing-ops", "admin")
+    server = server_factory(demo=True, extra_args=["--api-keys", str(key_file)], api_key=admin_key)
+    late_key = new_key("finance-late", "read")
+    with server.client(api_key=late_key) as late:
+        code, _ = refusal(lambda: late.get_balance(ACME))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert server.terminate() == 0
+    server.restart()
+    with server.client(api_key=late_key) as late:
+        assert late.get_balance(ACME).customer_id == ACME
