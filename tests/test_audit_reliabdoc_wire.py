@@ -893,3 +893,31 @@ def test_a_key_added_to_the_file_while_the_server_runs_is_unauthenticated_until_
     server.restart()
     with server.client(api_key=late_key) as late:
         assert late.get_balance(ACME).customer_id == ACME
+
+
+def test_a_restricted_key_may_take_an_id_the_server_gave_another_customers_top_up_learning_nothing(
+    world: World,
+) -> None:
+    """README "API keys": the ids of the grants the server makes (`top-up-<period start ms>-<n>`) are each customer's
+    own: "a GrantCredits for one customer may take an id the server gave another's grant (only the customer's own such
+    id is ALREADY_EXISTS)". So a restricted key cannot learn from a refusal that another customer bought a top-up."""
+    start = this_hour_ms()  # the contract's first period starts here: its top-ups are named after it
+    with world.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-tu2", name="tu2"))
+        admin.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="rd-tu2-c", customer_id="rd-tu2", rate_card_id="ai-credits", starting_at=stamp(start)
+            )
+        )
+        admin.contracts.GrantCredits(grant("rd-tu2-g", "1", customer_id="rd-tu2"))
+        top_up = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="10", price_per_credit="1", max_per_period=3)
+        admin.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="rd-tu2-c", top_up=top_up))
+        assert admin.usage.IngestUsageBatch(demo_batch("rd-tu2-b", "rd-tu2-b", 1, customer="rd-tu2")).accepted == 1
+        bought = [g.grant_id for g in admin.get_balance("rd-tu2").grants if g.grant_id.startswith("top-up-")]
+        assert bought == [f"top-up-{start}-1"], bought
+        code, message = refusal(lambda: admin.contracts.GrantCredits(grant(bought[0], "2", customer_id="rd-tu2")))
+        assert code == grpc.StatusCode.ALREADY_EXISTS and "rd-tu2" in message, message
+    with world.client("acme-admin") as acme_admin:
+        taken = acme_admin.contracts.GrantCredits(grant(bought[0], "2"))
+        assert acme_admin.contracts.GrantCredits(grant(bought[0], "2")) == taken
+        assert bought[0] in {g.grant_id for g in acme_admin.get_balance(ACME).grants}
