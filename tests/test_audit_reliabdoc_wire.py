@@ -20,11 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from tariff import TariffClient
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import audit_count, refusal, serving, this_hour_ms
+from tests.audit_fixtures import audit_count, refusal, serving, this_hour_ms, varint
 from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_server_auth import BETA, Keys, add_beta, code_of
@@ -921,3 +922,63 @@ def test_a_restricted_key_may_take_an_id_the_server_gave_another_customers_top_u
         taken = acme_admin.contracts.GrantCredits(grant(bought[0], "2"))
         assert acme_admin.contracts.GrantCredits(grant(bought[0], "2")) == taken
         assert bought[0] in {g.grant_id for g in acme_admin.get_balance(ACME).grants}
+
+
+# ---------------------------------------------------------------------------------------------
+# "The same request is the same fields as sent": a map's entries in another order on the wire are the same fields
+# (protobuf leaves a map's order to the writer: another language's client, or the same one again, may reorder them)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def _entry(number: int, key: str, value: str) -> bytes:
+    return _field(number, _field(1, key.encode()) + _field(2, value.encode()))
+
+
+def _raw_call(world: World, method: str, request: bytes, answer: type[Message]) -> Message:
+    with grpc.insecure_channel(world.server.target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        call = channel.unary_unary(method, request_serializer=bytes, response_deserializer=answer.FromString)
+        metadata = [("authorization", f"Bearer {world.keys.key['ops-admin']}")]
+        made: Message = call(request, metadata=metadata, timeout=10)
+        return made
+
+
+def test_a_customer_retried_with_its_attributes_in_another_order_is_the_same_request(world: World) -> None:
+    base = _field(1, b"rd-map") + _field(2, b"Map")
+    first = _raw_call(
+        world,
+        "/tariff.v1.ContractService/CreateCustomer",
+        base + _entry(3, "region", "eu") + _entry(3, "segment", "smb"),
+        contracts_pb2.Customer,
+    )
+    with world.client() as admin:
+        before = seq(admin)
+    again = _raw_call(
+        world,
+        "/tariff.v1.ContractService/CreateCustomer",
+        base + _entry(3, "segment", "smb") + _entry(3, "region", "eu"),
+        contracts_pb2.Customer,
+    )
+    assert again == first
+    with world.client() as admin:
+        assert seq(admin) == before
+
+
+def test_an_override_keyed_by_its_content_is_the_same_key_with_its_match_in_another_order(world: World) -> None:
+    """README table, AddOverride: with no id the key is the override's content; the entries of its `match` map sent
+    in another order are the same content, so the retry adds no second override."""
+
+    def request(*match: tuple[str, str]) -> bytes:
+        override = _field(2, b"ai_action") + b"".join(_entry(3, k, v) for k, v in match) + _field(4, b"0.7")
+        return _field(1, b"beta-2026") + _field(2, override)
+
+    method = "/tariff.v1.ContractService/AddOverride"
+    first = _raw_call(world, method, request(("model", "gpt-4"), ("action", "summary")), contracts_pb2.Contract)
+    with world.client() as admin:
+        before = seq(admin)
+    again = _raw_call(world, method, request(("action", "summary"), ("model", "gpt-4")), contracts_pb2.Contract)
+    assert again == first
+    with world.client() as admin:
+        assert seq(admin) == before
