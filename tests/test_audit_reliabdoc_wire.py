@@ -982,3 +982,31 @@ def test_an_override_keyed_by_its_content_is_the_same_key_with_its_match_in_anot
     assert again == first
     with world.client() as admin:
         assert seq(admin) == before
+
+
+LOOKUPS: dict[str, tuple[str, object]] = {
+    "GetCustomer": ("id", contracts_pb2.GetCustomerRequest(id="c" * 129)),
+    "GetContract": ("id", contracts_pb2.GetContractRequest(id="c" * 129)),
+    "GetRateCard": ("id", pricing_pb2.GetRateCardRequest(id="c" * 129)),
+    "DeleteAlertRule": ("id", alerts_pb2.DeleteAlertRuleRequest(id="c" * 129)),
+    "GetBalance": ("customer_id", balance_pb2.GetBalanceRequest(customer_id="x y")),
+    "ReleaseReservation": (
+        "customer_id",
+        balance_pb2.ReleaseReservationRequest(customer_id="c" * 129, reservation_id="r"),
+    ),
+    "ListInvoices": ("customer_id", invoices_pb2.ListInvoicesRequest(customer_id="c" * 129)),
+}
+
+
+@pytest.mark.parametrize("rpc", sorted(LOOKUPS))
+def test_an_id_a_request_names_breaking_the_id_rule_is_invalid_argument_naming_the_field_not_not_found(
+    world: World, rpc: str
+) -> None:
+    """README limits table: "an id a client chooses or names" is 128 characters of `A-Z a-z 0-9 . _ : @ -`, one past
+    it refused naming the field: a lookup says the id is malformed rather than that nothing has it."""
+    field, request = LOOKUPS[rpc]
+    with world.client() as admin:
+        stubs = (admin.contracts, admin.pricing, admin.alerts, admin.balance, admin.invoices)
+        call = next(getattr(stub, rpc) for stub in stubs if hasattr(stub, rpc))
+        code, message = refusal(functools.partial(call, request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith(f"{field}: "), message
