@@ -1010,3 +1010,49 @@ def test_an_id_a_request_names_breaking_the_id_rule_is_invalid_argument_naming_t
         call = next(getattr(stub, rpc) for stub in stubs if hasattr(stub, rpc))
         code, message = refusal(functools.partial(call, request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith(f"{field}: "), message
+
+
+def test_another_customers_top_up_ids_taken_by_grants_stay_apart_after_kill_9_and_a_clean_stop(
+    server_factory: ServerFactory,
+) -> None:
+    """README "API keys": server-made grant ids are each customer's own, so acme's `GrantCredits` may take the ids of
+    tu's top-ups, the one bought already and the one not yet bought. After kill -9 (replay) and a clean stop (snapshot
+    load) each customer's balance is as it was (acme: the demo's 50,000 plus 2 and 3), acme's retries answer again
+    and tu's own top-up ids stay ALREADY_EXISTS to a grant for tu."""
+    server = server_factory(demo=True)
+    start = this_hour_ms()
+    first_top_up, second_top_up = f"top-up-{start}-1", f"top-up-{start}-2"
+    with server.client() as admin:
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-tu", name="tu"))
+        admin.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="rd-tu-c", customer_id="rd-tu", rate_card_id="ai-credits", starting_at=stamp(start)
+            )
+        )
+        admin.contracts.GrantCredits(grant("rd-tu-g", "1", customer_id="rd-tu"))
+        top_up = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="10", price_per_credit="1", max_per_period=3)
+        admin.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="rd-tu-c", top_up=top_up))
+        admin.usage.IngestUsageBatch(demo_batch("rd-tu-1", "rd-tu-1", 1, customer="rd-tu"))  # buys the first
+        admin.contracts.GrantCredits(grant(first_top_up, "2"))
+        admin.contracts.GrantCredits(grant(second_top_up, "3"))  # before tu's second is bought
+        admin.usage.IngestUsageBatch(demo_batch("rd-tu-2", "rd-tu-2", 11, customer="rd-tu"))  # buys the second
+        tu_grants = [g.grant_id for g in admin.get_balance("rd-tu").grants]
+        assert tu_grants == ["rd-tu-g", first_top_up, second_top_up], tu_grants
+        before = {customer: admin.get_balance(customer) for customer in ("rd-tu", ACME)}
+        assert before[ACME].credits_remaining == "50005"
+    for how in ("kill -9", "clean stop"):
+        if how == "kill -9":
+            server.kill9()
+        else:
+            assert server.terminate() == 0
+        server.restart()
+        with server.client() as admin:
+            assert {customer: admin.get_balance(customer) for customer in before} == before, how
+            admin.contracts.GrantCredits(grant(first_top_up, "2"))
+            admin.contracts.GrantCredits(grant(second_top_up, "3"))
+            for taken in (first_top_up, second_top_up):
+                code, message = refusal(
+                    functools.partial(admin.contracts.GrantCredits, grant(taken, "2", customer_id="rd-tu"))
+                )
+                assert code == grpc.StatusCode.ALREADY_EXISTS and "rd-tu" in message, (how, message)
+            assert {customer: admin.get_balance(customer) for customer in before} == before, how
