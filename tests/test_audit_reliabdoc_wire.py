@@ -478,7 +478,7 @@ def test_health_answers_without_a_key_where_a_tariff_call_is_unauthenticated(wor
 # Restarts: the keys the server derives (an empty id) are the same after kill -9 and after a clean stop
 
 
-def _derived(admin: TariffClient, month_start_ms: int) -> list[object]:
+def _derived(admin: TariffClient, month_start_ms: int) -> list[bytes]:
     """Calls whose key the server derives or takes from `request_id`; each answer, serialized."""
     contract = admin.contracts.CreateContract(
         contracts_pb2.CreateContractRequest(
@@ -503,14 +503,23 @@ def test_keys_the_server_derives_answer_alike_after_kill_9_and_a_clean_stop_and_
 ) -> None:
     """README: the same key with the same request "is answered with what the first call made ... and changes nothing
     (no journal record, no audit entry), also after a restart". The keys here are the ones a client does not send:
-    a contract's customer and start, an override's and a rule's content, a grant's `request_id`."""
+    a contract's customer and start (its id suffixed ".2", another customer holding the plain one), an override's and
+    a rule's content, a grant's `request_id`."""
     today = dt.datetime.now(dt.UTC)
     month_start_ms = int(dt.datetime(today.year, today.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
     server = server_factory(demo=True)
     with server.client() as admin:
         admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-r", name="R"))
+        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-r-other", name="Other"))
+        day = dt.datetime.fromtimestamp(month_start_ms / 1000, dt.UTC).strftime("%Y%m%d")
+        admin.contracts.CreateContract(  # holds the id rd-r's contract would get: it becomes ".2"
+            contracts_pb2.CreateContractRequest(
+                id=f"rd-r-{day}", customer_id="rd-r-other", rate_card_id="ai-credits", starting_at=stamp(month_start_ms)
+            )
+        )
         _derived(admin, month_start_ms)
         first = _derived(admin, month_start_ms)  # "as it is now": the contract's answer holds its override and grant
+        assert contracts_pb2.Contract.FromString(first[0]).id == f"rd-r-{day}.2"
         ack = admin.usage.IngestUsageBatch(demo_batch("rd-r-usage", "rd-r-usage", 3, customer="rd-r"))
         assert ack.accepted == 3
         balance, entries = admin.get_balance("rd-r"), audit_count(admin)
