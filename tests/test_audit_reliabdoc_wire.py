@@ -1065,3 +1065,18 @@ def test_another_customers_top_up_ids_taken_by_grants_stay_apart_after_kill_9_an
                 )
                 assert code == grpc.StatusCode.ALREADY_EXISTS and "rd-tu" in message, (how, message)
             assert {customer: admin.get_balance(customer) for customer in before} == before, how
+
+
+def test_a_batch_whose_every_event_is_refused_takes_no_record_and_a_resend_gets_the_same_answer(world: World) -> None:
+    """README "A batch that accepts nothing changes nothing": "one whose every event is a duplicate or refused, takes
+    no journal record: as_of_seq does not move, its ack carries the current journal_seq, and a resend gets the same
+    answer" (here an event of no customer and one of an unknown customer)."""
+    batch = demo_batch("rd-refused", "rd-refused", 2, customer=BETA)
+    batch.events[0].customer_id = ""
+    batch.events[1].customer_id = "rd-nobody"
+    with world.client("meter") as meter:
+        before = seq(meter)
+        acks = [meter.usage.IngestUsageBatch(batch) for _ in range(2)]
+        assert acks[0] == acks[1]
+        assert (acks[0].accepted, acks[0].duplicates, len(acks[0].rejected), acks[0].journal_seq) == (0, 0, 2, before)
+        assert seq(meter) == before
