@@ -1080,3 +1080,40 @@ def test_a_batch_whose_every_event_is_refused_takes_no_record_and_a_resend_gets_
         assert acks[0] == acks[1]
         assert (acks[0].accepted, acks[0].duplicates, len(acks[0].rejected), acks[0].journal_seq) == (0, 0, 2, before)
         assert seq(meter) == before
+
+
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        ({"name": "ops-read", "role": "read"}, "keys[1] (ops-read): same key hash as 'ops'"),
+        ({"name": "ops-read", "role": "read", "customers": []}, "keys[1] (ops-read): 'customers' must be a non-empty"),
+    ],
+    ids=["one-key-twice", "customers-empty"],
+)
+def test_a_key_file_listing_one_key_twice_or_no_customers_stops_the_start_with_exit_2_creating_nothing(
+    tmp_path: Path, second: dict[str, object], expected: str
+) -> None:
+    """README "API keys": a file the server cannot use stops `tariff serve` with exit code 2 and a message naming the
+    entry, before anything is opened. One key listed twice (an entry appended with another role instead of the first
+    edited) would leave which role it has to the order of the entries: it is refused, as is a `customers` list naming
+    no one (never read as a key for every customer)."""
+    digest = hashlib.sha256(b"the-one-key").hexdigest()
+    keys = tmp_path / "keys.json"
+    # The customers case lists another key, so that only its list is wrong.
+    second_digest = hashlib.sha256(b"another-key").hexdigest() if "customers" in second else digest
+    entries = [{"name": "ops", "sha256": digest, "role": "admin"}, {**second, "sha256": second_digest}]
+    keys.write_text(json.dumps({"keys": entries}))
+    command = ["serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"), "--api-keys", str(keys)]
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", *command],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert f"{keys}: {expected}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "d").exists(), "nothing is created before the keys are known good"
