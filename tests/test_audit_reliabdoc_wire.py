@@ -21,11 +21,11 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
-from tariff import TariffClient
+from tariff import TariffClient, TariffError
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import audit_count, refusal, serving, this_hour_ms, varint
+from tests.audit_fixtures import audit_count, refusal, release, serving, this_hour_ms, varint
 from tests.demo_usage import ACME, CHEAP, demo_batch
 from tests.serverproc import REPO_ROOT, ServerFactory, ServerProcess
 from tests.test_server_auth import BETA, Keys, add_beta, code_of
@@ -1117,3 +1117,43 @@ def test_a_key_file_listing_one_key_twice_or_no_customers_stops_the_start_with_e
     assert f"{keys}: {expected}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "d").exists(), "nothing is created before the keys are known good"
+
+
+def test_a_grant_with_an_id_is_keyed_by_it_alone_and_a_request_id_naming_it_is_the_same_request(world: World) -> None:
+    """README table, GrantCredits: the key is `grant.id`, or `request_id` when `grant.id` is empty, which is then the
+    grant's id (contracts.proto). With `grant.id` given, a retry carrying another `request_id` (a client that makes one
+    per attempt) or none is the same request, and so is one naming the grant's id as `request_id` alone."""
+    with world.client() as admin:
+        first = admin.contracts.GrantCredits(grant("rd-keyed", "4", request_id="attempt-1"))
+        before, entries = seq(admin), audit_count(admin)
+        for again in (
+            grant("rd-keyed", "4", request_id="attempt-2"),
+            grant("rd-keyed", "4"),
+            grant("", "4", request_id="rd-keyed"),
+        ):
+            assert admin.contracts.GrantCredits(again) == first
+        assert (seq(admin), audit_count(admin)) == (before, entries)
+
+
+def test_a_conflicting_hold_on_an_authorize_stream_ends_it_after_the_answers_before_and_holds_nothing_after(
+    world: World,
+) -> None:
+    """README table, AuthorizeStream with `reserve`: "another request under it is ALREADY_EXISTS" (in-band only on
+    AuthorizeBatches): the stream ends with that status after the answers to the requests before it, and, as the
+    next request is read only once the answer before it is sent (balance.proto), none sent after it is held."""
+    requests = [
+        held(BETA, "rd-s-first"),
+        held(BETA, "rd-s-first", reservation_ttl=Duration(seconds=61)),
+        held(BETA, "rd-s-after"),
+    ]
+    answered: list[str] = []
+    with world.client() as admin:
+        with pytest.raises(TariffError) as ended:
+            for answer in admin.balance.AuthorizeStream(iter(requests)):
+                answered.append(answer.reservation_id)
+        assert ended.value.code == grpc.StatusCode.ALREADY_EXISTS, ended.value.details
+        assert "rd-s-first" in ended.value.details and answered == ["rd-s-first"]
+        assert release(admin, BETA, "rd-s-first") == "0.5"
+        gone = balance_pb2.ReleaseReservationRequest(customer_id=BETA, reservation_id="rd-s-after")
+        code, _ = refusal(lambda: admin.balance.ReleaseReservation(gone))
+        assert code == grpc.StatusCode.NOT_FOUND
