@@ -12,6 +12,7 @@ directory of this file's own) against one demo server for the file.
   page.nextPageToken (getAuditLog: afterSeq: page.nextAfterSeq) until it is empty (0n)".
 - "Other languages": buf v1.75 is clients/typescript/node_modules/.bin/buf after `make clients` (its ts-install),
   and run from the repository root it finds the `proto` module buf.yaml names.
+- `make proto-breaking` refuses a removed field unless its number and name are reserved.
 - The Python client's defaults as README "Python" gives them (deadline, retry policy, ack timeout).
 
 One server for the file: the demo (customer acme, 50,000 credits) plus customers page-000 ... page-100, so that
@@ -218,3 +219,39 @@ def test_the_python_clients_defaults_are_the_readmes() -> None:
         assert _default(client, "default_timeout_s") == 10.0, client
     for opener in (AsyncTariffClient.usage_stream, AsyncTariffClient.usage_batcher):
         assert _default(opener, "ack_timeout_s") == 60.0, opener
+
+
+def _breaking(buf: Path, repo: Path, usage_proto: str) -> subprocess.CompletedProcess[str]:
+    """`make proto-breaking`'s buf command in `repo` (a git repository holding buf.yaml and proto/ committed), with
+    its proto/tariff/v1/usage.proto changed to `usage_proto`, against the commit (BREAKING_AGAINST=HEAD)."""
+    (repo / "proto" / "tariff" / "v1" / "usage.proto").write_text(usage_proto)
+    against = ".git#ref=HEAD,subdir=proto"
+    return subprocess.run(
+        [buf, "breaking", "--against", against], cwd=repo, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+
+
+def test_proto_breaking_refuses_a_removed_field_unless_its_number_and_name_are_reserved(tmp_path: Path) -> None:
+    """README: `make proto-breaking` fails on a wire- or source-incompatible change against a git ref ("a removed
+    field must reserve its number and name"). EventRejection.message (4) dropped: refused as written, refused with
+    only its number reserved, accepted with its number and name reserved."""
+    buf = TS_DIR / "node_modules" / ".bin" / "buf"
+    git = shutil.which("git")
+    if not buf.exists() or git is None:
+        pytest.skip("buf (make ts-install) or git missing")
+    assert "--against '.git#ref=$(BREAKING_AGAINST),subdir=proto'" in (REPO_ROOT / "Makefile").read_text()
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "proto", repo / "proto", ignore=shutil.ignore_patterns("*.py"))
+    shutil.copy(REPO_ROOT / "buf.yaml", repo / "buf.yaml")
+    identity = ["-c", "user.name=audit", "-c", "user.email=audit@example.com"]
+    for command in (["init", "-q"], ["add", "."], [*identity, "commit", "-qm", "contract"]):
+        subprocess.run([git, *command], cwd=repo, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
+    usage = (repo / "proto" / "tariff" / "v1" / "usage.proto").read_text()
+    field = "  string message = 4;\n"
+    assert usage.count(field) == 1
+    dropped = _breaking(buf, repo, usage.replace(field, ""))
+    assert dropped.returncode != 0 and "message" in dropped.stdout + dropped.stderr, dropped
+    assert _breaking(buf, repo, usage.replace(field, "  reserved 4;\n")).returncode != 0
+    reserved = _breaking(buf, repo, usage.replace(field, '  reserved 4;\n  reserved "message";\n'))
+    assert reserved.returncode == 0, reserved
+    assert _breaking(buf, repo, usage).returncode == 0
