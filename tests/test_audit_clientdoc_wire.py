@@ -13,6 +13,7 @@ directory of this file's own) against one demo server for the file.
 - "Other languages": buf v1.75 is clients/typescript/node_modules/.bin/buf after `make clients` (its ts-install),
   and run from the repository root it finds the `proto` module buf.yaml names.
 - `make proto-breaking` refuses a removed field unless its number and name are reserved.
+- README "Go": a module of the user's own with the README's require and replace lines builds and runs the example.
 - The Python client's defaults as README "Python" gives them (deadline, retry policy, ack timeout).
 
 One server for the file: the demo (customer acme, 50,000 credits) plus customers page-000 ... page-100, so that
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -255,3 +257,40 @@ def test_proto_breaking_refuses_a_removed_field_unless_its_number_and_name_are_r
     reserved = _breaking(buf, repo, usage.replace(field, '  reserved 4;\n  reserved "message";\n'))
     assert reserved.returncode == 0, reserved
     assert _breaking(buf, repo, usage).returncode == 0
+
+
+GO_DIR = REPO_ROOT / "clients" / "go"
+
+
+def test_the_go_example_builds_and_runs_in_a_module_of_its_own_by_the_readmes_require_and_replace(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """README "Go": "The module is not published: in your go.mod, `require github.com/tariff/tariff/clients/go v0.0.0`
+    and `replace ... => /path/to/clients/go`." A module outside the repository with just those two lines builds the
+    README's example (clients/go/example/main.go) and it runs: OK 5, its event recorded, 5 credits fewer. (The
+    module's go.sum is clients/go's, so the build needs no checksum database; -mod=mod lets it add the indirect
+    requirements, as `go mod tidy` would.)"""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go not found: the Go client is not built")
+    readme = (REPO_ROOT / "README.md").read_text()
+    require = re.search(r"`(require github\.com/tariff/tariff/clients/go v0\.0\.0)`", readme)
+    replace = re.search(r"`(replace github\.com/tariff/tariff/clients/go) => /path/to/clients/go`", readme)
+    assert require and replace, "README's Go section no longer gives the require and replace lines"
+    gateway = tmp_path / "gateway"
+    gateway.mkdir()
+    go_mod = f"module example.com/gateway\n\ngo 1.26\n\n{require[1]}\n\n{replace[1]} => {GO_DIR}\n"
+    (gateway / "go.mod").write_text(go_mod)
+    shutil.copy(GO_DIR / "go.sum", gateway / "go.sum")
+    shutil.copy(GO_DIR / "example" / "main.go", gateway / "main.go")
+    env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower() and key != "TARIFF_API_KEY"}
+    env.update({"GOFLAGS": "-mod=mod", "TARIFF_TARGET": server.target})
+    with server.client() as client:
+        before = int(client.get_balance("acme").credits_remaining)
+    done = subprocess.run(
+        [go, "run", "."], cwd=gateway, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "authorize: OK estimated cost 5" and lines[1].endswith(" recorded"), done.stdout
+    assert lines[2] == f"credits remaining: {before - 5}", done.stdout
