@@ -13,6 +13,7 @@ directory of this file's own) against one demo server for the file.
 - "Other languages": buf v1.75 is clients/typescript/node_modules/.bin/buf after `make clients` (its ts-install),
   and run from the repository root it finds the `proto` module buf.yaml names.
 - `make proto-breaking` refuses a removed field unless its number and name are reserved.
+- README "TypeScript": the quickstart runs from a project of the user's own that `npm install`ed the package.
 - README "Go": a module of the user's own with the README's require and replace lines builds and runs the example.
 - The Python client's defaults as README "Python" gives them (deadline, retry policy, ack timeout).
 
@@ -289,6 +290,38 @@ def test_the_go_example_builds_and_runs_in_a_module_of_its_own_by_the_readmes_re
         before = int(client.get_balance("acme").credits_remaining)
     done = subprocess.run(
         [go, "run", "."], cwd=gateway, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "authorize: OK estimated cost 5" and lines[1].endswith(" recorded"), done.stdout
+    assert lines[2] == f"credits remaining: {before - 5}", done.stdout
+
+
+def test_the_typescript_quickstart_runs_from_a_project_that_npm_installed_the_package(
+    server: ServerProcess, package: tuple[str, Path], tmp_path: Path
+) -> None:
+    """README "TypeScript": build the package, then "in your project: npm install /path/to/clients/typescript", save
+    the example as quickstart.mjs and run `node quickstart.mjs`: from a project outside the repository, where
+    "@tariff/client" resolves only through what npm installed. The package installed is the one built here, whose
+    manifest points where the real one's does (its outDir for dist/)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm not found")
+    node, built = package
+    real = json.loads((TS_DIR / "package.json").read_text())
+    assert real["exports"]["."]["default"] == "./dist/src/index.js", "the built manifest no longer mirrors the real"
+    project = tmp_path / "project"
+    project.mkdir()
+    install = [npm, "install", "--offline", "--no-audit", "--no-fund", str(built)]
+    subprocess.run(install, cwd=project, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
+    block = re.search(r"<!-- readme-test: typescript -->\n```js\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+    assert block is not None
+    (project / "quickstart.mjs").write_text(block[1].replace(README_ADDRESS, server.target))
+    with server.client() as client:
+        before = int(client.get_balance("acme").credits_remaining)
+    env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower() and key != "TARIFF_API_KEY"}
+    done = subprocess.run(
+        [node, "quickstart.mjs"], cwd=project, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
