@@ -15,7 +15,7 @@ directory of this file's own) against one demo server for the file.
 - `make proto-breaking` refuses a removed field unless its number and name are reserved.
 - README "TypeScript": the quickstart runs from a project of the user's own that `npm install`ed the package.
 - README "Go": a module of the user's own with the README's require and replace lines builds and runs the example.
-- The Python client's defaults as README "Python" gives them (deadline, retry policy, ack timeout).
+- The Python and TypeScript clients' defaults as README gives them (deadlines, retry policies, ack timeout).
 
 One server for the file: the demo (customer acme, 50,000 credits) plus customers page-000 ... page-100, so that
 ListCustomers holds more than a page (101 + the demo's) and the audit log more than 100 entries.
@@ -222,6 +222,33 @@ def test_the_python_clients_defaults_are_the_readmes() -> None:
         assert _default(client, "default_timeout_s") == 10.0, client
     for opener in (AsyncTariffClient.usage_stream, AsyncTariffClient.usage_batcher):
         assert _default(opener, "ack_timeout_s") == 60.0, opener
+    assert _default(AsyncTariffClient.authorize_batcher, "max_delay_ms") == 1.0, "checks within a millisecond"
+
+
+TS_DEFAULTS = """
+import { TariffClient, DEFAULT_RETRY_POLICY } from "@tariff/client";
+
+const client = new TariffClient("TARGET");
+const streamer = client.authorizeStreamer();
+console.log(JSON.stringify({
+  retry: DEFAULT_RETRY_POLICY,
+  unaryTimeoutMs: client.unaryTimeoutMs,
+  streamerTimeoutMs: streamer.timeoutMs,
+}));
+streamer.close();
+client.close();
+"""
+
+
+def test_the_typescript_clients_defaults_are_the_readmes(server: ServerProcess, package: tuple[str, Path]) -> None:
+    """README "TypeScript": `retry.elapsedMaxMs` (60,000 by default), `retry.attemptsMax` (10), "the delays between
+    them growing from 100 ms to 5 s", `retry.minConnectMs` (1,000), `unaryTimeoutMs` (default 10,000), the
+    streamer's `timeoutMs` (1,000 by default)."""
+    read = json.loads(run_module(package, TS_DEFAULTS.replace("TARGET", server.target)))
+    retry = read["retry"]
+    assert (retry["elapsedMaxMs"], retry["attemptsMax"], retry["minConnectMs"]) == (60_000, 10, 1_000), retry
+    assert (read["unaryTimeoutMs"], read["streamerTimeoutMs"]) == (10_000, 1_000), read
+    assert (retry["initialBackoffMs"], retry["maxBackoffMs"]) == (100, 5_000), retry
 
 
 def _breaking(buf: Path, repo: Path, usage_proto: str) -> subprocess.CompletedProcess[str]:
