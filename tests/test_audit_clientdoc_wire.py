@@ -269,7 +269,9 @@ def test_proto_breaking_refuses_a_removed_field_unless_its_number_and_name_are_r
     git = shutil.which("git")
     if not buf.exists() or git is None:
         pytest.skip("buf (make ts-install) or git missing")
-    assert "--against '.git#ref=$(BREAKING_AGAINST),subdir=proto'" in (REPO_ROOT / "Makefile").read_text()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "--against '.git#ref=$(BREAKING_AGAINST),subdir=proto'" in makefile
+    assert "\nBREAKING_AGAINST ?= HEAD~1\n" in makefile, "README: BREAKING_AGAINST=HEAD~1 by default"
     repo = tmp_path / "repo"
     shutil.copytree(REPO_ROOT / "proto", repo / "proto", ignore=shutil.ignore_patterns("*.py"))
     shutil.copy(REPO_ROOT / "buf.yaml", repo / "buf.yaml")
