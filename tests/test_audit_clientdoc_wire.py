@@ -104,7 +104,8 @@ def test_the_typescript_readmes_example_prints_its_ack_and_balance_and_a_rerun_i
 ) -> None:
     """First run: the ack accepts 1 event and rejects none (`1 []`), then "49995" (50,000 - the summary's 5). Second
     run, txn-1 again with another timestampMs: accepted 0, one rejection whose reason is DUPLICATE_CONFLICT, and the
-    balance still 49995."""
+    balance still 49995. (First in the file, while the demo is fresh: the tests after it that charge acme compute
+    from the balance they find.)"""
     example = ts_readme_example().replace(README_ADDRESS, server.target)
     first = run_module(package, example).splitlines()
     assert first == ["1 []", "49995"], first
