@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from server.admin.output import left_out_note, parse_numbers, parse_pairs, print_fields, print_json, print_table, when
+from server.admin.output import (
+    left_out_note,
+    parse_numbers,
+    parse_pairs,
+    print_fields,
+    print_json,
+    print_table,
+    unit_suffix,
+    when,
+)
 from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
@@ -26,8 +35,8 @@ def balance(remote: Remote, customer_id: str) -> None:
     if remote.as_json:
         print_json(found)
         return
-    unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
-    due_unit = f" ({found.currency})" if found.currency else ""
+    unit = unit_suffix(found.pricing_unit)  # none before the customer's first contract
+    due_unit = unit_suffix(found.currency)
     has_period = found.HasField("period_start")
     period = f"{when(found.period_start)} .. {when(found.period_end, found.HasField('period_end'))}"
     print_fields(
@@ -100,7 +109,7 @@ def print_decision(
     if remote.as_json:
         print_json(decision)
         return
-    label = f" ({unit})" if unit else ""
+    label = unit_suffix(unit)
     print_fields(
         [
             ("allowed", "yes" if decision.allowed else "no"),

@@ -18,6 +18,7 @@ from server.admin.output import (
     print_fields,
     print_json,
     print_table,
+    unit_suffix,
     when,
 )
 from server.admin.remote import Remote, remote_command
@@ -56,7 +57,7 @@ def grants(remote: Remote, customer_id: str) -> None:
     # The title's unit is the credits'; recognised revenue is money (drawn x paid / amount), in the contract's currency.
     revenue = f"revenue ({found.currency})" if found.currency else "revenue"
     columns = ("grant", "kind", "amount", "drawn", "remaining", "held", "expired", revenue, "starts", "expires")
-    unit = f" ({found.pricing_unit})" if found.pricing_unit else ""  # none before the customer's first contract
+    unit = unit_suffix(found.pricing_unit)  # none before the customer's first contract
     print_table(columns, rows, title=f"grants of {customer_id}{unit}{left_out_note(found.grants_left_out)}")
 
 
@@ -226,5 +227,5 @@ def release(remote: Remote, customer_id: str, reservation_id: str) -> None:
     if remote.as_json:
         print_json(released)
         return
-    label = f" ({unit})" if unit else ""
+    label = unit_suffix(unit)
     print_fields([("reservation", reservation_id), (f"released{label}", released.released_amount)])

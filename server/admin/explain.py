@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from server.admin.invoices import period_starting_in
-from server.admin.output import print_fields, print_json, print_table
+from server.admin.output import print_fields, print_json, print_table, unit_suffix
 from server.admin.remote import Remote, remote_command
 from server.admin.versions import UtcTime
 
@@ -111,7 +111,7 @@ def explain(
             )
             return
         pricing_unit = pricing_unit_of(client, customer_id, start, invoice)
-    unit = f" ({pricing_unit})" if pricing_unit else ""
+    unit = unit_suffix(pricing_unit)
     rows = [
         (
             e.transaction_id or adjustment_label(e),

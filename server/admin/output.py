@@ -100,6 +100,12 @@ PLAIN_ROWS_MIN = 200
 COLUMN_GAP = "   "  # between two columns of a SIMPLE_HEAD table without edge padding: pad, divider, pad
 
 
+def unit_suffix(unit: str) -> str:
+    """A label's unit, ` (USD)` or ` (credits)`, for amounts whose answer names none; nothing when `unit` is empty (a
+    customer before its first contract, a report of no contract)."""
+    return f" ({unit})" if unit else ""
+
+
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Cell]], title: str | None = None) -> None:
     """The table for people: every text escaped first (`shown_escaped`), so both ways of writing it print the same."""
     texts = [tuple("" if cell is None else shown_escaped(str(cell)) for cell in row) for row in rows]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from server.admin.invoices import month_range
-from server.admin.output import print_fields, print_json, print_table, when
+from server.admin.output import print_fields, print_json, print_table, unit_suffix, when
 from server.admin.remote import Remote, fail, remote_command
 
 
@@ -43,7 +43,7 @@ def revenue(remote: Remote, first: str, last: str | None, customer_id: str) -> N
         (when(x.period_start), x.product_id, x.recognized, x.recognized_credits, x.recognized_overage, x.breakage)
         for x in found.lines
     ]
-    unit = f" ({found.currency})" if found.currency else ""  # none in a report of no contract
+    unit = unit_suffix(found.currency)  # none in a report of no contract
     print_table(columns, rows, title=f"by product{unit}")
     customer_rows = [
         (

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from server.admin.output import VERSION_NUMBER, print_fields, print_json, print_table
+from server.admin.output import VERSION_NUMBER, print_fields, print_json, print_table, unit_suffix
 from server.admin.remote import Remote, remote_command
 from server.admin.versions import UtcTime, timestamp, utc_text
 
@@ -46,7 +46,7 @@ def simulate(
             return
         # The amounts are in the card's pricing unit, which the answer does not name: one more read for the labels.
         card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
-    unit = f" ({card.pricing_unit})" if card.pricing_unit else ""
+    unit = unit_suffix(card.pricing_unit)
     rows = [(a.customer_id, a.product_id, a.current_amount, a.simulated_amount, a.delta) for a in result.amounts]
     print_table(("customer", "product", f"current{unit}", f"simulated{unit}", f"delta{unit}"), rows)
     totals = result.totals

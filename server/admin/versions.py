@@ -26,6 +26,7 @@ from server.admin.output import (
     print_fields,
     print_json,
     print_table,
+    unit_suffix,
 )
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
 from server.admin.remote import Remote, fail, remote_command
@@ -292,7 +293,7 @@ def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) 
         [(kind(p.kind), p.name, p.old_value, p.new_value) for p in changes.parameters],
         title="parameters",
     )
-    price = f"price ({card.pricing_unit})" if card.pricing_unit else "price"
+    price = "price" + unit_suffix(card.pricing_unit)
     print_table(
         ("change", "product", "match", "field", f"v{from_version} formula", price, f"v{to_version} formula", price),
         [row for change in changes.rates for row in rate_change_rows(change)],
