@@ -28,11 +28,16 @@ NOT_IN_A_LINE = re.compile(f"[{OUT_OF_A_LINE}]")
 NOT_IN_A_NOTE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}]")
 
 
+def _as_python_writes(found: re.Match[str]) -> str:
+    """The character found, escaped as Python's unicode_escape writes it (`\\x1b`, `\\u202e`, `\\n`, `\\\\`)."""
+    return found.group().encode("unicode_escape").decode()
+
+
 def escaped(text: str) -> str:
     """`text` with each character NOT_IN_A_LINE matches written as Python's unicode_escape writes it (`\\x1b`,
     `\\u202e`, `\\n`): one line that drives no terminal and reads in its order. Every other character is kept, so
     accents, CJK, Arabic and Hebrew letters and emoji show as they are."""
-    return NOT_IN_A_LINE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+    return NOT_IN_A_LINE.sub(_as_python_writes, text)
 
 
 # What the CLI escapes: NOT_IN_A_LINE and the backslash. Left as it is, a backslash made two texts print the same: a
@@ -43,4 +48,4 @@ NOT_SHOWN_AS_IT_IS = re.compile(f"[\\\\{OUT_OF_A_LINE}]")
 def shown_escaped(text: str) -> str:
     """`text` as the CLI prints it for people: as `escaped` writes it, and each backslash doubled (`\\\\`), as Python
     writes it too, so no two texts print the same."""
-    return NOT_SHOWN_AS_IT_IS.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+    return NOT_SHOWN_AS_IT_IS.sub(_as_python_writes, text)
