@@ -157,7 +157,7 @@ def draft(
     if remote.as_json:
         print_json(version)
     else:
-        print_version(version)
+        print_version(version, "")  # no read after a change for the unit: one failing would read as the change failing
 
 
 def print_report(report: pricing_pb2.ValidationReport) -> None:
@@ -233,7 +233,7 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
     if remote.as_json:
         print_json(published)
         return
-    print_version(published.version)
+    print_version(published.version, "")  # no read after a change for the unit: see draft
     # One answer, one table: the counts of customers, buckets and closed periods only when any bucket was touched.
     counts: list[tuple[str, Cell]] = [("events re-rated", published.events_rerated)]
     if published.buckets_rerated or published.closed_buckets_left_alone:
@@ -336,10 +336,12 @@ def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | 
         request.at.CopyFrom(timestamp(at if at is not None else datetime.now(UTC)))
     with remote.client() as client:
         shown = client.pricing.GetVersion(request)
-    if remote.as_json:
-        print_json(shown)
-    else:
-        print_version(shown)
+        if remote.as_json:
+            print_json(shown)
+            return
+        # The prices are in the card's pricing unit, which the version does not name: one more read for the label.
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
+    print_version(shown, card.pricing_unit)
 
 
 @ratecard.command()
