@@ -81,8 +81,10 @@ def test_diff_names_the_currency_of_a_card_priced_in_one(server: ServerProcess) 
     out = tariff(server, "ratecard", "diff", "clileft-usd", "1", "2").stdout
     assert header_of(out, "change") == ["change", "parameter", "v1", "v2"], out  # parameters: no unit, not money
     rates = [row for row in table_rows(out) if row and row[0] == "change"][1]
-    assert rates == ["change", "product", "match", "field", "v1 formula", "price (USD)", "v2 formula", "price (USD)"]
-    assert ["REPRICED", "ai_action", "*", "unit.price", "per_call", "0.002", "per_call", "0.003"] in table_rows(out)
+    assert rates == ["change", "product", "match", "field", "unit", "v1 formula", "v1 value", "v2 formula", "v2 value"]
+    assert ["REPRICED", "ai_action", "*", "unit.price", "USD", "per_call", "0.002", "per_call", "0.003"] in table_rows(
+        out
+    )
 
 
 def test_diff_of_a_credits_card_names_credits(server: ServerProcess) -> None:
@@ -90,8 +92,8 @@ def test_diff_of_a_credits_card_names_credits(server: ServerProcess) -> None:
     versions = json.loads(tariff(server, "ratecard", "versions", "ai-credits", "--json").stdout)["versions"]
     latest = str(max(v["version"] for v in versions))
     out = tariff(server, "ratecard", "diff", "ai-credits", "1", latest).stdout
-    rates = [row for row in table_rows(out) if row and row[0] == "change"][1]
-    assert rates[5] == "price (credits)" and rates[7] == "price (credits)", out
+    repriced = [row for row in table_rows(out) if row and row[0] == "REPRICED"]
+    assert repriced and all(row[3:5] == ["unit.price", "credits"] for row in repriced), out
 
 
 def test_explain_names_the_lines_pricing_unit(server: ServerProcess) -> None:

@@ -38,8 +38,8 @@ def test_the_litmus_story_draft_validate_diff_publish_rollback_show_and_audit(de
     rows = table_rows(diff.stdout)
     assert ["CHANGED", "gpt4_factor", "2.5", "2"] in rows
     formula = "summary_base * gpt4_factor * complex_factor + crm_surcharge"
-    assert ["REPRICED", "ai_action", "action=summary, complexity=complex, model=gpt-4", "unit.price", formula, "5",
-            formula, "4"] in rows  # fmt: skip
+    assert ["REPRICED", "ai_action", "action=summary, complexity=complex, model=gpt-4", "unit.price", "credits",
+            formula, "5", formula, "4"] in rows  # fmt: skip
     as_json = json.loads(tariff(server, "ratecard", "diff", "ai-credits", "1", "2", "--json").stdout)
     assert [p["name"] for p in as_json["parameters"]] == ["gpt4_factor"]
     assert [r["kind"] for r in as_json["rates"]] == ["REPRICED"] * 4

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from server.admin.output import VERSION_NUMBER, pairs, print_fields, print_json, print_table, when
+from server.admin.output import VERSION_NUMBER, pairs, print_fields, print_json, print_table, unit_suffix, when
 from server.admin.remote import Remote, remote_command
 
 if TYPE_CHECKING:
@@ -36,7 +36,9 @@ def price_text(rate: pricing_pb2.Rate) -> str:
     return "(no price)"
 
 
-def print_version(version: pricing_pb2.RateCardVersion) -> None:
+def print_version(version: pricing_pb2.RateCardVersion, pricing_unit: str) -> None:
+    """The version's fields, parameters and rates; the rates' price column headed with the card's `pricing_unit`
+    (which a version does not carry), unlabelled when the command has not read it (empty)."""
     from tariff.v1 import pricing_pb2
 
     print_fields(
@@ -55,7 +57,8 @@ def print_version(version: pricing_pb2.RateCardVersion) -> None:
     )
     print_table(("name", "value"), sorted(version.parameters.items()), title="parameters")
     rows = [(r.product_id, pairs(r.match) or "*", price_text(r)) for r in version.rates]
-    print_table(("product", "match", "price"), rows, title="rates")
+    # Parameters are plain decimals (a factor, a price), so only the price column says a unit.
+    print_table(("product", "match", "price" + unit_suffix(pricing_unit)), rows, title="rates")
 
 
 def cohort_fields(version: pricing_pb2.RateCardVersion) -> list[tuple[str, str]]:
@@ -159,7 +162,7 @@ def show_rate_card(remote: Remote, rate_card_id: str, version: int | None) -> No
     )
     print_table(VERSION_COLUMNS, version_rows(versions), title="versions")
     if shown is not None:
-        print_version(shown)
+        print_version(shown, card.pricing_unit)
 
 
 @ratecards.command("create")

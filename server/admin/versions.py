@@ -26,7 +26,6 @@ from server.admin.output import (
     print_fields,
     print_json,
     print_table,
-    unit_suffix,
 )
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
 from server.admin.remote import Remote, fail, remote_command
@@ -157,7 +156,7 @@ def draft(
     if remote.as_json:
         print_json(version)
     else:
-        print_version(version)
+        print_version(version, "")  # no read after a change for the unit: one failing would read as the change failing
 
 
 def print_report(report: pricing_pb2.ValidationReport) -> None:
@@ -233,7 +232,7 @@ def print_published(remote: Remote, published: pricing_pb2.PublishVersionRespons
     if remote.as_json:
         print_json(published)
         return
-    print_version(published.version)
+    print_version(published.version, "")  # no read after a change for the unit: see draft
     # One answer, one table: the counts of customers, buckets and closed periods only when any bucket was touched.
     counts: list[tuple[str, Cell]] = [("events re-rated", published.events_rerated)]
     if published.buckets_rerated or published.closed_buckets_left_alone:
@@ -271,7 +270,8 @@ def versions(remote: Remote, rate_card_id: str) -> None:
 @remote_command
 def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) -> None:
     """What changed from FROM_VERSION to TO_VERSION (drafts too): parameters, rates, and each price field
-    that differs with its formula and evaluated price on both sides (prices in the rate card's pricing unit)."""
+    that differs with its formula and evaluated value on both sides, and the unit of those values (the rate
+    card's pricing unit for a price, usage units for up_to, per_units and package_size)."""
     from tariff.v1 import pricing_pb2
 
     request = pricing_pb2.DiffVersionsRequest(
@@ -293,26 +293,51 @@ def diff(remote: Remote, rate_card_id: str, from_version: int, to_version: int) 
         [(kind(p.kind), p.name, p.old_value, p.new_value) for p in changes.parameters],
         title="parameters",
     )
-    price = "price" + unit_suffix(card.pricing_unit)
+    v1, v2 = f"v{from_version}", f"v{to_version}"
     print_table(
-        ("change", "product", "match", "field", f"v{from_version} formula", price, f"v{to_version} formula", price),
-        [row for change in changes.rates for row in rate_change_rows(change)],
+        ("change", "product", "match", "field", "unit", f"{v1} formula", f"{v1} value", f"{v2} formula", f"{v2} value"),
+        [row for change in changes.rates for row in rate_change_rows(change, card.pricing_unit)],
         title="rates",
     )
 
 
-def rate_change_rows(change: pricing_pb2.RateChange) -> list[tuple[str, ...]]:
-    """One row per price field that differs; a rate whose only change is elsewhere (its tier mode) gets one row
-    with both prices in one line."""
+# The last part of a PriceFieldChange path naming a price (pricing_pb2 PriceFieldChange.path): its value is in the
+# card's pricing unit. The others (up_to, per_units, package_size) are quantities of the product's usage.
+PRICE_FIELD_NAMES = frozenset({"price", "unit_price", "flat_price", "package_price"})
+QUANTITY_FIELD_NAMES = frozenset({"up_to", "per_units", "package_size"})
+USAGE_UNITS = "usage units"
+
+
+def field_unit(path: str, pricing_unit: str) -> str:
+    """What a diffed field's value is counted in: the pricing unit for a price, usage units for a quantity; nothing
+    for a field this client does not know (a newer server's), rather than a guess."""
+    name = path.rpartition(".")[2]
+    if name in PRICE_FIELD_NAMES:
+        return pricing_unit
+    return USAGE_UNITS if name in QUANTITY_FIELD_NAMES else ""
+
+
+def rate_change_rows(change: pricing_pb2.RateChange, pricing_unit: str) -> list[tuple[str, ...]]:
+    """One row per price field that differs, with the unit its values are in; a rate whose only change is elsewhere
+    (its tier mode) gets one row with each side's whole price in one line (`price_text`), whose amounts are in the
+    pricing unit, as `ratecards show` heads that line."""
     from tariff.v1 import pricing_pb2
 
     head = (pricing_pb2.ChangeKind.Name(change.kind), change.key.product_id, pairs(change.key.match) or "*")
     if not change.fields:
         old = price_text(change.old_rate) if change.HasField("old_rate") else ""
         new = price_text(change.new_rate) if change.HasField("new_rate") else ""
-        return [(*head, "", old, "", new, "")]
+        return [(*head, "", pricing_unit, old, "", new, "")]
     return [
-        (*head, f.path, f.old_formula, f.old_price or f.old_problem, f.new_formula, f.new_price or f.new_problem)
+        (
+            *head,
+            f.path,
+            field_unit(f.path, pricing_unit),
+            f.old_formula,
+            f.old_price or f.old_problem,
+            f.new_formula,
+            f.new_price or f.new_problem,
+        )
         for f in change.fields
     ]
 
@@ -336,10 +361,12 @@ def show(remote: Remote, rate_card_id: str, version: int | None, at: datetime | 
         request.at.CopyFrom(timestamp(at if at is not None else datetime.now(UTC)))
     with remote.client() as client:
         shown = client.pricing.GetVersion(request)
-    if remote.as_json:
-        print_json(shown)
-    else:
-        print_version(shown)
+        if remote.as_json:
+            print_json(shown)
+            return
+        # The prices are in the card's pricing unit, which the version does not name: one more read for the label.
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
+    print_version(shown, card.pricing_unit)
 
 
 @ratecard.command()
