@@ -26,12 +26,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from tariff import TariffClient, now_ms
 from tariff.v1 import alerts_pb2, balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, charges, open_contract, preview, serving, unit
+from tests.audit_fixtures import HOUR_MS, charges, open_contract, preview, refusal, serving, unit
 from tests.serverproc import ServerProcess
 
 REJECT = usage_pb2.RejectReason
@@ -120,8 +121,8 @@ def outcome(ack: usage_pb2.IngestAck) -> tuple[int, int, list[tuple[str, str]]]:
 def alerts_until(
     client: TariffClient, after_seq: int, customers: set[str], last: tuple[str, str]
 ) -> list[tuple[int, str, str, str, dict[str, str]]]:
-    """The alerts after `after_seq` (0: every alert; this module's rules are its first test's) of `customers`, as (seq, customer, rule, type, details), up to and including the
-    first of customer last[0] by rule last[1]."""
+    """The alerts after `after_seq` (0: every alert; this module's rules are its first test's) of `customers`, as
+    (seq, customer, rule, type, details), up to and including the first of customer last[0] by rule last[1]."""
     stream = client.alerts.WatchAlerts(alerts_pb2.WatchAlertsRequest(after_seq=after_seq), timeout=STREAM_TIMEOUT_S)
     seen: list[tuple[int, str, str, str, dict[str, str]]] = []
     try:
@@ -158,20 +159,23 @@ def test_a_publish_changing_only_versions_evaluates_every_plan_customers_rules_a
     client: TariffClient,
 ) -> None:
     """§5 "Which customers a change touched": "An admin command touches the one customer it names (...
-    AddOverride, ... SetTopUpPolicy ...); ... A customer whose buckets only changed version is re-rated but not
-    touched ... The balance rules are still evaluated for every customer of the plan"; "Alerts": a rule fires "when
-    its condition holds and did not at the previous evaluation"; "A fired alert takes the next alert sequence
-    number"; alerts.proto CreateAlert: "it does not fire on creation".
+    AddOverride, ..., SetTopUpPolicy ...); CreateAlert and DeleteAlertRule touch none (... it does not fire on
+    creation, even when its condition already holds) ... A customer whose buckets only changed version is re-rated
+    but not touched ... The balance rules are still evaluated for every customer of the plan"; "Alerts": a rule
+    fires "when its condition holds and did not at the previous evaluation"; "A fired alert takes the next alert
+    sequence number".
 
     Customers `ov`, `qu` and `tp` on card `ra`, each a grant of 10 and 8 units on Jan 5 (8 credits drawn): 2
     available. LOW_BALANCE rules below 5, one for each, are created after: 2 < 5 holds, but nothing fires on
     creation (these are the module's first rules: no alert yet). An override of `u` at multiplier 1 on ov's
     contract touches ov: ov's rule fires (seq 1: 2 available, threshold 5). A top-up policy on tp's contract (below
-    1, back to 10: 2 is not below 1, nothing bought) touches tp: tp's rule fires (seq 2). A version of `ra` with the
-    same price (1 a unit) published from 2026-01-01: the three customers' Jan 5 buckets only change version (8 x 1
-    = 8 either way; the override multiplies by 1): 3 customers, 3 buckets, 3 events re-rated, net change "0"; none
-    is touched, yet the plan's customers are evaluated in id order (ov, qu, tp): ov's and tp's rules still hold (no
-    new alert), qu's fires for the first time (seq 3). Balances stay 2 available."""
+    1, back to 10: 2 is not below 1, nothing bought) touches tp: tp's rule fires (seq 2). A version of `ra` with
+    the same price (1 a unit) published from 2026-01-01: the three customers' Jan 5 buckets only change version
+    (8 x 1 = 8 either way; the override multiplies by 1): 3 customers, 3 buckets, 3 events re-rated, net change
+    "0"; none is touched, yet the plan's customers are evaluated in id order (ov, qu, tp): ov's and tp's rules
+    still hold (no new alert), qu's fires for the first time (seq 3). Balances stay 2 available. Watching qu (2
+    available), its rule deleted (touching no one: no balance sent), then a grant of 1: the next balance sent is
+    the grant's, 3."""
     contracts = {name: customer(client, name, "ra") for name in ("ov", "qu", "tp")}
     for name, contract_id in contracts.items():
         grant(client, contract_id, f"{name}-g", "10")
@@ -193,6 +197,14 @@ def test_a_publish_changing_only_versions_evaluates_every_plan_customers_rules_a
         (3, "qu", "qu-low", "LOW_BALANCE", details),
     ]
     assert [client.get_balance(name).credits_available for name in contracts] == ["2", "2", "2"]
+    stream = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="qu"), timeout=STREAM_TIMEOUT_S)
+    balances = iter(stream)
+    assert next(balances).credits_available == "2"
+    client.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id="qu-low"))
+    grant(client, contracts["qu"], "qu-g2", "1")
+    after = next(balances)  # the grant's balance: the delete touched no one, so it sent nothing
+    stream.cancel()
+    assert after.credits_available == "3"
 
 
 # Step 5: route in order, the period before the products ------------------------------------------------------------
@@ -299,6 +311,30 @@ def test_a_cohort_holds_only_the_customers_meeting_every_criterion_it_gives(clie
         ack = client.ingest_batch([used(f"{name}-2", name, "u", JAN_5_10H_MS + 24 * HOUR_MS, 1)])
         assert outcome(ack) == (1, 0, [])
     assert {name: january(client, name) for name in attributes} == {"co1": "6", "co2": "2", "co3": "2", "co4": "2"}
+
+
+def test_a_cohort_with_an_empty_attribute_key_or_id_is_refused_naming_the_field_and_publishes_nothing(
+    client: TariffClient,
+) -> None:
+    """§5 "Cohorts", "Checked when published (INVALID_ARGUMENT, naming the field, changing nothing): ... ids,
+    attribute keys and attribute values must not be empty". A draft of `rc` published for {attributes: "" ->
+    gold}, for {attributes: a -> b, "" -> ""} and for {customer_ids: "", ""}: each INVALID_ARGUMENT on
+    cohort.attributes (an empty key) or cohort.customer_ids (an empty id); the draft stays a DRAFT."""
+    version = draft(client, "rc", unit("u", "5"), based_on=1)
+    cohorts = [
+        (pricing_pb2.Cohort(attributes={"": "gold"}), "cohort.attributes"),
+        (pricing_pb2.Cohort(attributes={"a": "b", "": ""}), "cohort.attributes"),
+        (pricing_pb2.Cohort(customer_ids=["", ""]), "cohort.customer_ids"),
+    ]
+    for cohort, field in cohorts:
+        request = pricing_pb2.PublishVersionRequest(
+            rate_card_id="rc", version=version, effective_from=stamp(JAN_MS), cohort=cohort
+        )
+        code, details = refusal(lambda: client.pricing.PublishVersion(request))  # noqa: B023
+        assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, field), details
+        assert "must not be empty" in details, details
+    shown = client.pricing.GetVersion(pricing_pb2.GetVersionRequest(rate_card_id="rc", version=version))
+    assert shown.state == pricing_pb2.DRAFT
 
 
 # "Re-rating and simulation": the carry of earlier hours, simulated and published ---------------------------------
