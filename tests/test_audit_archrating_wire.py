@@ -230,7 +230,9 @@ def test_the_period_is_decided_before_the_products_so_a_closed_period_refuses_ev
         4  cl-before-u `u` without n, 2025-12-15   NO_ACTIVE_CONTRACT (before the measure)
         5  cl-feb      `unfed`, Feb 3              accepted, charging nothing (February is open)
         6  nobody-1    customer `nobody`, `unfed`  UNKNOWN_CUSTOMER
-    1 accepted; February's draft invoice: subtotal 0."""
+        7  cl-u        `unfed`, Feb 3              accepted: step 4, the same id "inside one batch is decided ...
+                                                   against the first one accepted", and event 0 was rejected
+    2 accepted; February's draft invoice: subtotal 0."""
     grant(client, customer(client, "cl", "ra"), "cl-g", "10")
     assert outcome(client.ingest_batch([used("cl-0", "cl", "u", JAN_5_10H_MS, 2)])) == (1, 0, [])
     stream = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="cl"), timeout=STREAM_TIMEOUT_S)
@@ -260,10 +262,11 @@ def test_the_period_is_decided_before_the_products_so_a_closed_period_refuses_ev
             before_u,
             used("cl-feb", "cl", "unfed", feb_3_ms, 1),
             used("nobody-1", "nobody", "unfed", feb_3_ms, 1),
+            used("cl-u", "cl", "unfed", feb_3_ms, 1),
         ]
     )
     assert outcome(ack) == (
-        1,
+        2,
         0,
         [
             ("cl-u", "PERIOD_CLOSED"),
