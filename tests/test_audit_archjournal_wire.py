@@ -1,0 +1,313 @@
+"""docs/architecture.md §4 "The journal: records, group commit, snapshots, recovery" (and what §1 and §2 say a client
+or an operator sees of it), audited statement by statement over real `tariff serve` processes: what the other audits
+of the area (test_audit_recovery_wire.py, test_audit_reliab*_wire.py, test_audit_backup_wire.py,
+test_audit_upgrade_wire.py, test_audit_replayeq_wire.py, test_audit_flagsreplay_wire.py, test_audit_longrun_wire.py,
+test_audit_opsdoc_wire.py, test_snapshot_after_restart.py, test_migrate.py) leave open.
+
+- A data directory whose snapshot or dedupe segments are damaged or missing ("a snapshot whose table is in segments
+  refuses to restore without them") is refused at start in one line naming the file, with status 2, nothing written;
+  the journal keeps every record, so with the snapshot moved aside the start replays all of it to the same state.
+- "A server refuses a journal whose format version is not its own": a newer format, and an LMDB environment that is
+  not a Tariff journal at all (another program's: no format version), are refused in one line, left as they were.
+- The files no snapshot lists (a segment, a snapshot's partial file) are deleted at the next open.
+- Snapshot cadence: `--snapshot-every-events` counts the usage events journaled as accepted (a duplicate is not
+  journaled), and each stored snapshot logs `snapshot seq=... bytes=...`.
+
+The demo catalogue (seq 1-7): each of acme's CHEAP events (tests/demo_usage.py) costs 0.5 credits.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+from tariff import TariffClient, now_ms
+from tariff.v1 import usage_pb2
+
+from tests.audit_fixtures import serving
+from tests.demo_usage import demo_batch
+from tests.serverproc import HOST, REPO_ROOT, ServerProcess, wait_for_log
+
+DEMO_RECORDS = 7
+NO_INDEX = "--no-explain-index"  # no explain/ (a sparse 64 GiB file) to copy; the start loads the snapshot
+EVERY_RECORD = ["--snapshot-every", "1", "--snapshot-journal-factor", "0", NO_INDEX]
+# The module's data directory: the demo, then acme's batches of 4, 4 and 2 new events (seq 8, 9, 10).
+BATCHES = (("r1", 4), ("r2", 4), ("r3", 2))
+LAST_SEQ = DEMO_RECORDS + len(BATCHES)
+SNAPSHOT_LINE = re.compile(r"snapshot seq=(\d+) bytes=(\d+) encode_ms=\d+ store_ms=\d+")
+AT_MS = now_ms() - 60_000  # every event's timestamp: a resend is the same event
+
+
+def batch(prefix: str, count: int) -> usage_pb2.UsageBatch:
+    """`count` of acme's CHEAP events at AT_MS, transaction ids `{prefix}-{i}`."""
+    made = demo_batch(prefix, prefix, count)
+    for event in made.events:
+        event.timestamp_ms = AT_MS
+    return made
+
+
+def ingest(client: TariffClient) -> None:
+    for seq, (prefix, count) in enumerate(BATCHES, start=DEMO_RECORDS + 1):
+        ack = client.usage.IngestUsageBatch(batch(prefix, count))
+        assert (ack.accepted, ack.journal_seq) == (count, seq), ack
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The module's server, stopped cleanly once its usage was acknowledged: its journal/ holds seq 1-10, a snapshot
+    of seq 10 and the dedupe segments it lists."""
+    root = tmp_path_factory.mktemp("archjournal")
+    for server in serving(ServerProcess(root / "data", demo=True, extra_args=EVERY_RECORD), ingest):
+        assert server.terminate() == 0
+        yield server
+
+
+def copy_of(stopped: ServerProcess, tmp_path: Path) -> Path:
+    """A data directory holding a copy of the module's journal/, for one test to damage."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(stopped.data_dir / "journal", data_dir / "journal")
+    return data_dir
+
+
+def serve_refused(data_dir: Path) -> tuple[int, list[str]]:
+    """`tariff serve` on `data_dir`, to completion: its exit status and the lines it wrote to stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--listen", f"{HOST}:0", "--data-dir", str(data_dir), NO_INDEX],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    return done.returncode, [line for line in done.stderr.splitlines() if line.strip()]
+
+
+def journal_files(data_dir: Path) -> dict[str, bytes]:
+    """The files of `data_dir`'s journal/ by name, but LMDB's lock file (rewritten by every open)."""
+    return {
+        path.name: path.read_bytes() for path in sorted((data_dir / "journal").iterdir()) if path.name != "lock.mdb"
+    }
+
+
+def listed_segments(journal: Path) -> list[Path]:
+    """The dedupe segments the snapshot file lists (server/journal.py: TARIFFS2, a count, then number and length)."""
+    header = (journal / "snapshot").read_bytes()
+    assert header[:8] == b"TARIFFS2", header[:8]
+    count = int.from_bytes(header[24:32], "big")
+    numbers = [int.from_bytes(header[32 + 16 * i : 40 + 16 * i], "big") for i in range(count)]
+    return [journal / f"segment.{number:020d}" for number in numbers]
+
+
+def start_line(server: ServerProcess) -> str:
+    lines: list[str] = re.findall(r"^.* INFO tariff: serving version=.*$", server.log_path.read_text(), re.MULTILINE)
+    return lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A damaged snapshot
+
+
+def drop_a_segment(journal: Path) -> Path:
+    segment = listed_segments(journal)[0]
+    segment.unlink()
+    return segment
+
+
+def cut_a_segment(journal: Path) -> Path:
+    segment = max(listed_segments(journal), key=lambda path: path.stat().st_size)
+    segment.write_bytes(segment.read_bytes()[:-1])
+    return segment
+
+
+def cut_the_snapshot(journal: Path) -> Path:
+    snapshot = journal / "snapshot"
+    snapshot.write_bytes(snapshot.read_bytes()[:-10])
+    return snapshot
+
+
+def zero_the_snapshots_state(journal: Path) -> Path:
+    """The header and its list of segments kept, the state's bytes after them zeroed."""
+    snapshot = journal / "snapshot"
+    stored = snapshot.read_bytes()
+    header_bytes = 32 + 16 * int.from_bytes(stored[24:32], "big")
+    snapshot.write_bytes(stored[:header_bytes] + bytes(len(stored) - header_bytes))
+    return snapshot
+
+
+def garble_the_snapshots_header(journal: Path) -> Path:
+    snapshot = journal / "snapshot"
+    snapshot.write_bytes(b"TARIFFSX" + snapshot.read_bytes()[8:])
+    return snapshot
+
+
+@pytest.mark.parametrize(
+    "damage", [drop_a_segment, cut_a_segment, cut_the_snapshot, zero_the_snapshots_state, garble_the_snapshots_header]
+)
+def test_a_damaged_snapshot_or_segment_is_refused_in_one_line_naming_the_file_and_nothing_is_written(
+    stopped: ServerProcess, tmp_path: Path, damage: object
+) -> None:
+    """§4 Snapshots: "A snapshot whose table is in segments refuses to restore without them"; README "The operator's
+    log": a server that refuses to start says why in one line, status 2. A listed segment deleted or cut short, the
+    snapshot file cut short or its state unreadable each stopped the start with a traceback and status 1 (a header
+    not a snapshot's was one line, saying nothing of what to do). Now: one line naming the damaged file and how to
+    start without the snapshot (the journal keeps every record), status 2, and the data directory byte for byte as
+    it was."""
+    data_dir = copy_of(stopped, tmp_path)
+    journal = data_dir / "journal"
+    assert callable(damage)
+    damaged: Path = damage(journal)
+    before = journal_files(data_dir)
+    status, lines = serve_refused(data_dir)
+    assert status == 2, lines
+    assert len(lines) == 1, lines
+    assert damaged.name in lines[0], lines[0]
+    assert f"move {journal / 'snapshot'} aside" in lines[0], lines[0]
+    assert journal_files(data_dir) == before
+
+
+def test_with_the_damaged_snapshot_moved_aside_the_start_replays_the_whole_journal_to_the_same_state(
+    stopped: ServerProcess, tmp_path: Path
+) -> None:
+    """§4: "The journal keeps every record, snapshots or not" (README); a start without a snapshot replays every
+    record. A listed segment deleted, the snapshot moved aside as the refusal says: the start replays seq 1-10 (10
+    records, 4 + 4 + 2 events), acme's period charges are 10 x 0.5 = 5 credits, the segments no snapshot lists are
+    deleted, and every batch sent again is all duplicates."""
+    data_dir = copy_of(stopped, tmp_path)
+    journal = data_dir / "journal"
+    drop_a_segment(journal)
+    (journal / "snapshot").rename(tmp_path / "snapshot.damaged")
+    server = ServerProcess(data_dir, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        line = start_line(server)
+        assert f" journal_seq={LAST_SEQ} " in line and line.endswith(" replayed_records=10 replayed_events=10"), line
+        assert sorted(journal_files(data_dir)) == ["data.mdb"]
+        with server.client() as client:
+            assert str(client.get_balance("acme").period_charges) == "5"
+            for prefix, count in BATCHES:
+                ack = client.usage.IngestUsageBatch(batch(prefix, count))
+                assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, count, LAST_SEQ), ack
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A journal of another format, or not a Tariff journal
+
+
+def test_a_journal_of_a_newer_format_is_refused_in_one_line_naming_both_versions_and_left_as_it_was(
+    stopped: ServerProcess, tmp_path: Path
+) -> None:
+    """§4: "a server refuses a journal whose format version is not its own" (the meta database holds it, now 2). The
+    module's journal stamped format 3: one line naming 3 and 2, status 2, its files byte for byte as they were."""
+    data_dir = copy_of(stopped, tmp_path)
+    journal = data_dir / "journal"
+    env = lmdb.open(str(journal), max_dbs=4, map_size=0)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(b"format_version", b"3", db=env.open_db(b"meta", txn=txn))
+    finally:
+        env.close()
+    before = journal_files(data_dir)
+    status, lines = serve_refused(data_dir)
+    assert status == 2 and len(lines) == 1, lines
+    assert f"journal at {journal} has format version '3'; this Tariff reads only version 2" in lines[0], lines[0]
+    assert journal_files(data_dir) == before
+
+
+def test_another_programs_lmdb_environment_where_the_journal_goes_is_refused_in_one_line_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """§4: "a server refuses a journal whose format version is not its own". An LMDB environment of another program
+    in `journal/` (one key, no format version) was taken for a new journal: Tariff's databases and format version
+    were written into it and the server served an empty state, journal seq 0. Now: one line saying it is not a
+    Tariff journal, status 2, data.mdb byte for byte as it was."""
+    journal = tmp_path / "data" / "journal"
+    journal.mkdir(parents=True)
+    env = lmdb.open(str(journal), map_size=2**20)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(b"invoice-42", b"another program's")
+    finally:
+        env.close()
+    before = (journal / "data.mdb").read_bytes()
+    status, lines = serve_refused(tmp_path / "data")
+    assert status == 2 and len(lines) == 1, lines
+    assert f"{journal} is not a Tariff journal" in lines[0], lines[0]
+    assert (journal / "data.mdb").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Files no snapshot lists
+
+
+def test_a_segment_and_a_partial_snapshot_no_snapshot_lists_are_deleted_at_the_next_open(
+    stopped: ServerProcess, tmp_path: Path
+) -> None:
+    """§4: "the files no snapshot lists (a store or compaction cut short, or segments replaced) are deleted at the
+    next open". A `segment.<number>` past the listed ones and a `snapshot.partial` put in the copy: the start deletes
+    both, keeps the snapshot and its segments, replays nothing (the snapshot is of seq 10) and charges acme 5; a
+    clean stop with nothing recorded since leaves the snapshot and its segments byte for byte as they were."""
+    data_dir = copy_of(stopped, tmp_path)
+    journal = data_dir / "journal"
+    kept = journal_files(data_dir)
+    (journal / f"segment.{999:020d}").write_bytes(b"cut short")
+    (journal / "snapshot.partial").write_bytes(b"cut short")
+    server = ServerProcess(data_dir, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        line = start_line(server)
+        assert f" journal_seq={LAST_SEQ} " in line and line.endswith(" replayed_records=0 replayed_events=0"), line
+        assert sorted(journal_files(data_dir)) == sorted(kept)
+        with server.client() as client:
+            assert str(client.get_balance("acme").period_charges) == "5"
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    del kept["data.mdb"]
+    assert {name: stored for name, stored in journal_files(data_dir).items() if name != "data.mdb"} == kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshot cadence
+
+
+def test_snapshot_every_events_counts_accepted_events_and_the_stored_snapshot_logs_its_seq_and_bytes(
+    tmp_path: Path,
+) -> None:
+    """§4 Snapshots: a snapshot "after every 5,000 records or 1,000,000 usage events, whichever comes first
+    (`--snapshot-every`, `--snapshot-every-events`)"; each stored one logs `snapshot seq=... bytes=...` (bytes: the
+    snapshot's and its segment's). With `--snapshot-every 1000 --snapshot-every-events 10` and no wait on the
+    journal's bytes: batch a (4 new, seq 8: 4 events), batch b (2 new and a's 4 again, seq 9: 2 accepted, 6 in
+    all), batch c (4 new, seq 10: 10). Counting every event sent, b would reach 10 and be snapshotted; counting those
+    accepted, c is: one snapshot, of seq 10. A clean stop then stores none (nothing recorded since), and the log's
+    bytes are the snapshot file's and its newest segment's, less the file's header (24 bytes, 8 more and 16 a
+    listed segment)."""
+    args = ["--snapshot-every", "1000", "--snapshot-every-events", "10", "--snapshot-journal-factor", "0", NO_INDEX]
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=args)
+    server.start()
+    try:
+        with server.client() as client:
+            assert client.usage.IngestUsageBatch(batch("a", 4)).journal_seq == 8
+            b = batch("b", 2)
+            b.events.extend(batch("a", 4).events)
+            ack = client.usage.IngestUsageBatch(b)
+            assert (ack.accepted, ack.duplicates, ack.journal_seq) == (2, 4, 9), ack
+            assert client.usage.IngestUsageBatch(batch("c", 4)).journal_seq == 10
+        wait_for_log(server, "snapshot seq=10 ", 15)
+        assert server.terminate() == 0
+        snapshots = SNAPSHOT_LINE.findall(server.log_path.read_text())
+        assert [int(seq) for seq, _ in snapshots] == [10], snapshots
+        journal = server.data_dir / "journal"
+        segments = listed_segments(journal)
+        header_bytes = 24 + 8 + 16 * len(segments)
+        stored_bytes = (journal / "snapshot").stat().st_size - header_bytes + segments[-1].stat().st_size
+        assert int(snapshots[0][1]) == stored_bytes
+    finally:
+        server.stop()
