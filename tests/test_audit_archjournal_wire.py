@@ -23,15 +23,19 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import lmdb
 import pytest
 from tariff import TariffClient, now_ms
-from tariff.v1 import usage_pb2
+from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
 
+from engine import commands as cmd
+from server.demo import demo_commands
+from server.records import JournalRecord, encode_record
 from tests.audit_fixtures import serving
-from tests.demo_usage import demo_batch
+from tests.demo_usage import CHEAP, demo_batch
 from tests.serverproc import HOST, REPO_ROOT, ServerProcess, wait_for_log
 
 DEMO_RECORDS = 7
@@ -309,5 +313,165 @@ def test_snapshot_every_events_counts_accepted_events_and_the_stored_snapshot_lo
         header_bytes = 24 + 8 + 16 * len(segments)
         stored_bytes = (journal / "snapshot").stat().st_size - header_bytes + segments[-1].stat().st_size
         assert int(snapshots[0][1]) == stored_bytes
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# §1: the demo catalogue
+
+
+def test_the_demo_on_an_empty_data_directory_is_section_1s_catalogue_and_a_restart_with_demo_seeds_nothing(
+    tmp_path: Path,
+) -> None:
+    """§1: `--demo` on an empty data directory loads a product `ai_action` (COUNT, priced by `action`, `data_source`,
+    `model`, `complexity`), a rate card `ai-credits` in credits whose version 1 is in force from the start of the
+    current month (UTC), and acme's contract `acme-2026` on it from the start of the month, overage policy ALLOW
+    (test_audit_design_wire.py checks the grant and the prices). The demo is 7 records (seq 1-7); started again with
+    `--demo` after kill -9 on the data directory it wrote, nothing is seeded again: journal seq 7, one version, one
+    contract, one demo line in the log."""
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        now = datetime.now(UTC)
+        month_start_ms = int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp()) * 1000
+        for start in range(2):
+            with server.client() as client:
+                products = client.pricing.ListProducts(pricing_pb2.ListProductsRequest()).products
+                assert [(p.id, p.aggregation, list(p.pricing_dimensions)) for p in products] == [
+                    ("ai_action", pricing_pb2.COUNT, ["action", "data_source", "model", "complexity"])
+                ]
+                card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id="ai-credits"))
+                assert card.pricing_unit == "credits"
+                versions = client.pricing.ListVersions(pricing_pb2.ListVersionsRequest(rate_card_id="ai-credits"))
+                assert [(v.version, v.effective_from.ToMilliseconds()) for v in versions.versions] == [
+                    (1, month_start_ms)
+                ]
+                contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id="acme-2026"))
+                assert (contract.customer_id, contract.rate_card_id, contract.starting_at.ToMilliseconds()) == (
+                    "acme",
+                    "ai-credits",
+                    month_start_ms,
+                )
+                assert contract.overage_policy == contracts_pb2.ALLOW
+                assert client.get_balance("acme").as_of_seq == DEMO_RECORDS
+            if start == 0:
+                server.kill9()
+                server.start()
+        assert server.log_path.read_text().count("loaded the demo catalogue") == 1
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The snapshot at a clean stop
+
+
+def snapshots_after_each_stop(server: ServerProcess) -> list[list[int]]:
+    """For each `shutting down` in the log, the seqs of the snapshots logged after it, before the next start."""
+    runs = server.log_path.read_text().split("INFO tariff: shutting down")[1:]
+    return [[int(seq) for seq, _ in SNAPSHOT_LINE.findall(run.split("=== start")[0])] for run in runs]
+
+
+def test_a_stop_after_a_start_that_replayed_the_whole_journal_stores_a_snapshot_of_the_same_seq_once(
+    tmp_path: Path,
+) -> None:
+    """§4 Snapshots: a snapshot is stored "at a clean shutdown when anything was recorded since the stored
+    snapshot". Also, the doc did not say, when the start did not restore the state from it: the demo (seq 1-7) and a
+    batch of 4 (seq 8), a clean stop (snapshot of seq 8); the explain index deleted, so the next start replays all 8
+    records (§4, the explain index: an index behind the snapshot); its stop, with nothing recorded, stores a snapshot
+    of seq 8 again; the start after that loads it, replays nothing, and its stop stores none."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    try:
+        with server.client() as client:
+            assert client.usage.IngestUsageBatch(batch("r1", 4)).journal_seq == 8
+        assert server.terminate() == 0
+        shutil.rmtree(server.data_dir / "explain")
+        server.start()
+        assert start_line(server).endswith(" replayed_records=8 replayed_events=4"), start_line(server)
+        assert server.terminate() == 0
+        server.start()
+        assert start_line(server).endswith(" replayed_records=0 replayed_events=0"), start_line(server)
+        assert server.terminate() == 0
+        assert snapshots_after_each_stop(server) == [[8], [8], []]
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# `tariff migrate`
+
+
+def format_1_journal(journal: Path, commands: list[cmd.AdminCommand | cmd.IngestBatch]) -> None:
+    """A journal as the previous release wrote it (format 1: each record a command, usage batches among them)."""
+    journal.mkdir(parents=True)
+    env = lmdb.open(str(journal), max_dbs=4, map_size=2**26)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(b"format_version", b"1", db=env.open_db(b"meta", txn=txn))
+            records = env.open_db(b"records", txn=txn)
+            for seq, command in enumerate(commands, start=1):
+                txn.put(seq.to_bytes(8, "big"), encode_record(JournalRecord(command)), db=records)
+    finally:
+        env.close()
+
+
+def test_migrate_drops_a_usage_record_the_kernel_accepts_nothing_of_and_the_seqs_after_it_move_down_by_one(
+    tmp_path: Path,
+) -> None:
+    """§4: `tariff migrate` replays a format-1 journal into format 2, each usage record rated by the kernel, "one of
+    which the kernel accepts nothing gets no record, as the server does, so the sequence numbers after it move down
+    by one"; the old journal is kept in `DIR/backup-v1/`. Format 1: the demo (seq 1-7), acme's batch of 4 CHEAP
+    events (seq 8), 2 of them again (seq 9: all duplicates), 2 new ones (seq 10). Migrated: 9 records, 2 usage
+    batches, its snapshot (of seq 9) without dedupe segments, `TARIFFS1`; backup-v1 still holds 10 records. Served:
+    acme charged 6 x 0.5 = 3 credits as of seq 9, and the last batch sent again is all duplicates at seq 9. Nothing
+    recorded, the clean stop still stores a snapshot of seq 9 (§4 Snapshots: the start did not restore the table from
+    segments), in segments, `TARIFFS2`."""
+    now = now_ms()
+    data_dir = tmp_path / "data"
+
+    def ingest_batch(batch_id: str, ids: list[str]) -> cmd.IngestBatch:
+        events = [cmd.UsageEvent(t, "acme", "ai_action", AT_MS, dict(CHEAP), {}) for t in ids]
+        return cmd.IngestBatch(batch_id, events, now - 30_000, {})
+
+    usage = [ingest_batch("m1", ["m-0", "m-1", "m-2", "m-3"]), ingest_batch("m2", ["m-0", "m-1"])]
+    format_1_journal(data_dir / "journal", [*demo_commands(now - 60_000), *usage, ingest_batch("m3", ["m-4", "m-5"])])
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "migrate", "--data-dir", str(data_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "migrated to journal format 2 (9 records, 2 usage batches re-rated by the kernel)" in done.stdout
+    assert (data_dir / "journal" / "snapshot").read_bytes()[:8] == b"TARIFFS1"
+    env = lmdb.open(str(data_dir / "backup-v1"), readonly=True, lock=False, max_dbs=4)
+    try:
+        with env.begin() as txn:
+            assert txn.stat(env.open_db(b"records", txn=txn, create=False))["entries"] == 10
+    finally:
+        env.close()
+    server = ServerProcess(data_dir, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        with server.client() as client:
+            balance = client.get_balance("acme")
+            assert (str(balance.period_charges), balance.as_of_seq) == ("3", 9)
+            last = usage_pb2.UsageBatch(batch_id="m3")
+            for transaction_id in ("m-4", "m-5"):
+                last.events.add(
+                    transaction_id=transaction_id,
+                    customer_id="acme",
+                    event_type="ai_action",
+                    timestamp_ms=AT_MS,
+                    dimensions=CHEAP,
+                )
+            ack = client.usage.IngestUsageBatch(last)
+            assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, 2, 9), ack
+        assert server.terminate() == 0
+        assert snapshots_after_each_stop(server) == [[9]]
+        assert (data_dir / "journal" / "snapshot").read_bytes()[:8] == b"TARIFFS2"
     finally:
         server.stop()
