@@ -11,7 +11,11 @@ test_audit_opsdoc_wire.py, test_snapshot_after_restart.py, test_migrate.py) leav
   not a Tariff journal at all (another program's: no format version), are refused in one line, left as they were.
 - The files no snapshot lists (a segment, a snapshot's partial file) are deleted at the next open.
 - Snapshot cadence: `--snapshot-every-events` counts the usage events journaled as accepted (a duplicate is not
-  journaled), and each stored snapshot logs `snapshot seq=... bytes=...`.
+  journaled), each stored snapshot logs `snapshot seq=... bytes=...`, and one due by its counts waits until the
+  journal took half those bytes; a clean stop stores one when a record came since, or when the start did not restore
+  the dedupe table from segments (a whole-journal replay, `tariff migrate`'s snapshot).
+- `tariff migrate` drops a usage record the kernel accepts nothing of, the seqs after it one lower.
+- §1's demo catalogue, seeded on an empty data directory only; the journal's data file at most 2 MiB past its pages.
 
 The demo catalogue (seq 1-7): each of acme's CHEAP events (tests/demo_usage.py) costs 0.5 credits.
 """
@@ -473,5 +477,68 @@ def test_migrate_drops_a_usage_record_the_kernel_accepts_nothing_of_and_the_seqs
         assert server.terminate() == 0
         assert snapshots_after_each_stop(server) == [[9]]
         assert (data_dir / "journal" / "snapshot").read_bytes()[:8] == b"TARIFFS2"
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal's data file
+
+
+def test_the_journals_data_file_runs_past_the_used_bytes_the_stop_line_gives_by_at_most_2_mib(
+    stopped: ServerProcess,
+) -> None:
+    """§4: "LMDB's data file runs up to 2 MiB past its used pages: after each commit the journal reserves and reads
+    in the next pages". The module's server stopped at seq 10: its stop line's `journal_bytes` (README "The
+    operator's log": the pages LMDB uses) is less than data.mdb's size, by at most 2 MiB."""
+    stop = re.search(r"stopped at journal seq (\d+) journal_bytes=(\d+) ", stopped.log_path.read_text())
+    assert stop is not None and int(stop[1]) == LAST_SEQ, stopped.log_tail()
+    used_bytes = int(stop[2])
+    file_bytes = (stopped.data_dir / "journal" / "data.mdb").stat().st_size
+    assert used_bytes < file_bytes <= used_bytes + 2 * 2**20, (used_bytes, file_bytes)
+
+
+def test_with_a_snapshot_after_every_record_each_waits_until_the_journal_took_half_the_last_snapshots_bytes(
+    tmp_path: Path,
+) -> None:
+    """§4 Snapshots: due by its counts, a snapshot is stored "only once the journal has taken at least half as many
+    bytes since the last snapshot as that snapshot held (`--snapshot-journal-factor`, 0.5)", that snapshot's bytes
+    being the ones its log line gives (and, after a start, the loaded snapshot's). The demo's clean stop stores a
+    snapshot of seq 7; started again with `--snapshot-every 1` (every record due by count), batches of 1 to 20 events
+    are sent one at a time. After each ack the journal's records since the last snapshot are read (LMDB, as `tariff
+    backup` reads it): a snapshot of that seq is expected exactly when their bytes reach half the last snapshot's,
+    and waited for before the next batch, so no store is under way when a record is committed; the clean stop stores
+    the last record's."""
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        assert server.terminate() == 0
+        (stop_snapshot,) = SNAPSHOT_LINE.findall(server.log_path.read_text())
+        assert int(stop_snapshot[0]) == DEMO_RECORDS
+        server.extra_args = (*server.extra_args, "--snapshot-every", "1")
+        server.start()
+        last_seq, last_bytes = DEMO_RECORDS, int(stop_snapshot[1])
+        expected: list[int] = []
+        env = lmdb.open(str(server.data_dir / "journal"), readonly=True, lock=True, map_size=0, max_dbs=4)
+        try:
+            records = env.open_db(b"records", create=False)
+            with server.client() as client:
+                for number in range(40):
+                    seq = client.usage.IngestUsageBatch(batch(f"f{number}", 1 + number * 7 % 20)).journal_seq
+                    with env.begin(buffers=False) as txn, txn.cursor(db=records) as cursor:
+                        assert cursor.set_key((last_seq + 1).to_bytes(8, "big"))
+                        since = sum(len(record) for _, record in cursor.iternext())
+                    if since >= last_bytes / 2:
+                        wait_for_log(server, f"snapshot seq={seq} ", 15)
+                        expected.append(seq)
+                        last_seq = seq
+                        last_bytes = int(dict(SNAPSHOT_LINE.findall(server.log_path.read_text()))[str(seq)])
+        finally:
+            env.close()
+        assert server.terminate() == 0
+        taken = [int(seq) for seq, _ in SNAPSHOT_LINE.findall(server.log_path.read_text())]
+        stop = [] if expected[-1] == DEMO_RECORDS + 40 else [DEMO_RECORDS + 40]  # the clean stop's, of the last record
+        assert taken[1:] == expected + stop, (taken, expected)
+        assert 2 <= len(expected) < 20, expected
     finally:
         server.stop()
