@@ -14,6 +14,8 @@ test_audit_opsdoc_wire.py, test_snapshot_after_restart.py, test_migrate.py) leav
   journaled), each stored snapshot logs `snapshot seq=... bytes=...`, and one due by its counts waits until the
   journal took half those bytes; a clean stop stores one when a record came since, or when the start did not restore
   the dedupe table from segments (a whole-journal replay, `tariff migrate`'s snapshot).
+- The ids a restart replayed are in the next snapshot's dedupe segment; a stop's snapshot merges no segments, the
+  next start's first one merges the newest once more than 8 are listed.
 - `tariff migrate` drops a usage record the kernel accepts nothing of, the seqs after it one lower.
 - §1's demo catalogue, seeded on an empty data directory only; the journal's data file at most 2 MiB past its pages.
 
@@ -540,5 +542,103 @@ def test_with_a_snapshot_after_every_record_each_waits_until_the_journal_took_ha
         stop = [] if expected[-1] == DEMO_RECORDS + 40 else [DEMO_RECORDS + 40]  # the clean stop's, of the last record
         assert taken[1:] == expected + stop, (taken, expected)
         assert 2 <= len(expected) < 20, expected
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Dedupe segments across restarts
+
+
+def restart_with(server: ServerProcess, *args: str) -> None:
+    """Starts `server` again (it must be stopped) with `args` after the module's --no-explain-index."""
+    server.extra_args = (NO_INDEX, *args)
+    server.start()
+
+
+def test_ids_a_restart_replayed_are_in_the_next_snapshots_segment_so_a_start_from_it_keeps_them_duplicates(
+    tmp_path: Path,
+) -> None:
+    """§4 Recovery: "restored from segments, the kernel logs the replay's changes for the next snapshot's segment".
+    The demo stopped cleanly (a snapshot of seq 7, its table a base); batch a (4 new ids, seq 8) and kill -9; started
+    with a snapshot after every record, the start replays seq 8, and batch b (2 new ids, seq 9) is snapshotted: a
+    segment of the changes since seq 7, a's ids among them though a's record was replayed, not rated. kill -9 again:
+    the next start loads that snapshot, replays nothing, and a and b sent again are all duplicates: acme is charged
+    6 x 0.5 = 3 credits, once."""
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        assert server.terminate() == 0
+        restart_with(server)
+        with server.client() as client:
+            assert client.usage.IngestUsageBatch(batch("a", 4)).journal_seq == 8
+        server.kill9()
+        restart_with(server, "--snapshot-every", "1", "--snapshot-journal-factor", "0")
+        assert start_line(server).endswith(" replayed_records=1 replayed_events=4"), start_line(server)
+        with server.client() as client:
+            assert client.usage.IngestUsageBatch(batch("b", 2)).journal_seq == 9
+        wait_for_log(server, "snapshot seq=9 ", 15)
+        server.kill9()
+        restart_with(server)
+        assert start_line(server).endswith(" replayed_records=0 replayed_events=0"), start_line(server)
+        with server.client() as client:
+            for prefix, count in (("a", 4), ("b", 2)):
+                ack = client.usage.IngestUsageBatch(batch(prefix, count))
+                assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, count, 9), ack
+            assert str(client.get_balance("acme").period_charges) == "3"
+    finally:
+        server.stop()
+
+
+def test_the_stop_adds_a_ninth_segment_without_merging_and_the_next_starts_first_snapshot_merges_the_newest(
+    tmp_path: Path,
+) -> None:
+    """§4 Snapshots: "The snapshot at shutdown does not compact (... the next start's first store does it)"; Count:
+    "once there are more than 8, the newest merge, never the base: from the oldest segment after it whose newer ones
+    add up to its size". The demo's clean stop lists one segment, a base (seq 7); then a snapshot after every record
+    and batches of 2 new ids, each snapshot waited for, until 8 are listed (the base and 7 of 2 ids each); a start
+    with the default cadence, one more batch and a clean stop: its snapshot lists 9 and merges nothing. The next
+    start, a snapshot after every record, one more batch: 10 listed, the oldest after the base (2 ids) has 8 newer
+    ones of 2 ids each after it, so all 9 after the base merge (`dedupe segments compacted count=9`), leaving 2 listed.
+    kill -9 and a start from that snapshot: the 9 batches sent again are all duplicates, acme charged 18 x 0.5 = 9."""
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=[NO_INDEX])
+    server.start()
+    journal = server.data_dir / "journal"
+    sent: list[str] = []
+
+    def send(client: TariffClient) -> int:
+        sent.append(f"s{len(sent)}")
+        seq: int = client.usage.IngestUsageBatch(batch(sent[-1], 2)).journal_seq
+        return seq
+
+    try:
+        assert server.terminate() == 0
+        assert len(listed_segments(journal)) == 1
+        restart_with(server, "--snapshot-every", "1", "--snapshot-journal-factor", "0")
+        with server.client() as client:
+            for _ in range(7):
+                wait_for_log(server, f"snapshot seq={send(client)} ", 15)
+        assert server.terminate() == 0
+        assert len(listed_segments(journal)) == 8
+        restart_with(server)
+        with server.client() as client:
+            send(client)
+        assert server.terminate() == 0
+        assert len(listed_segments(journal)) == 9
+        assert "dedupe segments compacted" not in server.log_path.read_text()
+        restart_with(server, "--snapshot-every", "1", "--snapshot-journal-factor", "0")
+        with server.client() as client:
+            wait_for_log(server, f"snapshot seq={send(client)} ", 15)
+        compacted = re.findall(r"dedupe segments compacted count=(\d+) bytes=(\d+) ", server.log_path.read_text())
+        listed = listed_segments(journal)
+        assert compacted == [("9", str(sum(path.stat().st_size for path in listed)))]
+        assert len(listed) == 2
+        server.kill9()
+        restart_with(server)
+        with server.client() as client:
+            for prefix in sent:
+                ack = client.usage.IngestUsageBatch(batch(prefix, 2))
+                assert (ack.accepted, ack.duplicates) == (0, 2), ack
+            assert str(client.get_balance("acme").period_charges) == "9"
     finally:
         server.stop()
