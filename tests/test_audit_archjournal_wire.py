@@ -642,3 +642,31 @@ def test_the_stop_adds_a_ninth_segment_without_merging_and_the_next_starts_first
             assert str(client.get_balance("acme").period_charges) == "9"
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# §2: the writer's threads, as `top -H` shows them
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads' names and nice are Linux's /proc")
+def test_the_writers_threads_are_named_in_the_os_and_run_at_nice_5_above_the_event_loops(tmp_path: Path) -> None:
+    """§2: "The writer's threads (rating, the journal's commits, the explain index, the snapshot's store) run at nice
+    5 (Linux, where nice is per thread ...)", and "the server names its threads in the OS (`name_os_threads`), so
+    `top -H` and `perf` tell them apart". A serving process: `tariff-rating`, `tariff-journal`, `tariff-explain` and
+    `tariff-snapshot` are in /proc with a nice 5 above the main thread's (where the event loop runs), and no other
+    thread has it."""
+    server = ServerProcess(tmp_path / "data", demo=True)
+    server.start()
+    try:
+        tasks = Path(f"/proc/{server.pid}/task")
+        nice = {}
+        for task in tasks.iterdir():
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            nice[(task / "comm").read_text().strip(), task.name == str(server.pid)] = int(fields[16])
+        loop_nice = nice.pop(("python", True))
+        writers = {name: value for (name, _), value in nice.items() if value != loop_nice}
+        assert writers == {
+            name: loop_nice + 5 for name in ("tariff-rating", "tariff-journal", "tariff-explain", "tariff-snapshot")
+        }
+    finally:
+        server.stop()
