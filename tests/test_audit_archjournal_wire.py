@@ -17,6 +17,8 @@ test_audit_opsdoc_wire.py, test_snapshot_after_restart.py, test_migrate.py) leav
 - The ids a restart replayed are in the next snapshot's dedupe segment; a stop's snapshot merges no segments, the
   next start's first one merges the newest once more than 8 are listed.
 - `tariff migrate` drops a usage record the kernel accepts nothing of, the seqs after it one lower.
+- A snapshot the disk has no room for is logged as that (it said to grow the journal's map), the next due one stored.
+- The writer's threads named in the OS, at nice 5 above the event loop's (§2).
 - §1's demo catalogue, seeded on an empty data directory only; the journal's data file at most 2 MiB past its pages.
 
 The demo catalogue (seq 1-7): each of acme's CHEAP events (tests/demo_usage.py) costs 0.5 credits.
@@ -668,5 +670,78 @@ def test_the_writers_threads_are_named_in_the_os_and_run_at_nice_5_above_the_eve
         assert writers == {
             name: loop_nice + 5 for name in ("tariff-rating", "tariff-journal", "tariff-explain", "tariff-snapshot")
         }
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# A snapshot the disk has no room for
+
+# The server's process only: its snapshot and dedupe segment files take no byte while the file the environment names
+# exists (os.write answers ENOSPC for the descriptors os.open gave for them), as on a full disk.
+DISK_SHIM = """
+import os
+
+_open, _write = os.open, os.write
+_full_while = os.environ["TARIFF_TEST_DISK_FULL_WHILE"]
+_snapshot_fds = set()
+
+
+def _tracking_open(path, flags, mode=0o777, *, dir_fd=None):
+    fd = _open(path, flags, mode, dir_fd=dir_fd)
+    name = os.path.basename(os.fsdecode(path))
+    if name == "snapshot.partial" or name.startswith("segment."):
+        _snapshot_fds.add(fd)
+    else:
+        _snapshot_fds.discard(fd)
+    return fd
+
+
+def _filling_write(fd, data):
+    if fd in _snapshot_fds and os.path.exists(_full_while):
+        raise OSError(28, "No space left on device")
+    return _write(fd, data)
+
+
+os.open = _tracking_open
+os.write = _filling_write
+"""
+
+
+def test_a_snapshot_the_disk_has_no_room_for_is_logged_as_such_and_the_next_due_one_is_stored(tmp_path: Path) -> None:
+    """§4 Snapshots: a store the disk has no room for keeps the stored snapshot, and the next snapshot is tried once
+    due again. The demo stopped cleanly (a snapshot of seq 7); started with a snapshot after every record and no room
+    for snapshot files: batch a (seq 8) is acknowledged, its snapshot is not stored, and the warning says so as it is:
+    no room on disk (it said to grow --map-size-mb, the journal's map, which holds no snapshot). Room again, batch b
+    (seq 9) is snapshotted; after kill -9 the start loads it and replays nothing, a and b are duplicates and acme is
+    charged 6 x 0.5 = 3 credits."""
+    shim = tmp_path / "diskshim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(DISK_SHIM)
+    full_while = tmp_path / "disk-full"
+    env = {"PYTHONPATH": str(shim), "TARIFF_TEST_DISK_FULL_WHILE": str(full_while)}
+    server = ServerProcess(tmp_path / "data", demo=True, extra_args=[NO_INDEX], env=env)
+    server.start()
+    try:
+        assert server.terminate() == 0
+        full_while.touch()
+        restart_with(server, "--snapshot-every", "1", "--snapshot-journal-factor", "0")
+        with server.client() as client:
+            assert client.usage.IngestUsageBatch(batch("a", 4)).journal_seq == 8
+            wait_for_log(server, "no snapshot at seq 8: ", 15)
+            warning = re.search(r"WARNING .*no snapshot at seq 8: .*", server.log_path.read_text())
+            assert warning is not None and "no room on disk for a snapshot at " in warning[0], warning
+            assert "--map-size-mb" not in warning[0], warning[0]
+            full_while.unlink()
+            assert client.usage.IngestUsageBatch(batch("b", 2)).journal_seq == 9
+            wait_for_log(server, "snapshot seq=9 ", 15)
+        server.kill9()
+        restart_with(server)
+        assert start_line(server).endswith(" replayed_records=0 replayed_events=0"), start_line(server)
+        with server.client() as client:
+            for prefix, count in (("a", 4), ("b", 2)):
+                ack = client.usage.IngestUsageBatch(batch(prefix, count))
+                assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, count, 9), ack
+            assert str(client.get_balance("acme").period_charges) == "3"
     finally:
         server.stop()
