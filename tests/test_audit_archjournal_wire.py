@@ -10,10 +10,10 @@ test_audit_opsdoc_wire.py, test_snapshot_after_restart.py, test_migrate.py) leav
 - "A server refuses a journal whose format version is not its own": a newer format, and an LMDB environment that is
   not a Tariff journal at all (another program's: no format version), are refused in one line, left as they were.
 - The files no snapshot lists (a segment, a snapshot's partial file) are deleted at the next open.
-- Snapshot cadence: `--snapshot-every-events` counts the usage events journaled as accepted (a duplicate is not
-  journaled), each stored snapshot logs `snapshot seq=... bytes=...`, and one due by its counts waits until the
-  journal took half those bytes; a clean stop stores one when a record came since, or when the start did not restore
-  the dedupe table from segments (a whole-journal replay, `tariff migrate`'s snapshot).
+- Snapshot cadence: `--snapshot-every-events` counts accepted usage events (a duplicate is not counted), each stored
+  snapshot logs `snapshot seq=... bytes=...`, and one due by its counts waits until the journal took half those
+  bytes; a clean stop stores one when a record came since, or when the start did not restore the dedupe table from
+  segments (a whole-journal replay, `tariff migrate`'s snapshot).
 - The ids a restart replayed are in the next snapshot's dedupe segment; a stop's snapshot merges no segments, the
   next start's first one merges the newest once more than 8 are listed.
 - `tariff migrate` drops a usage record the kernel accepts nothing of, the seqs after it one lower.
@@ -30,7 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -162,7 +162,7 @@ def garble_the_snapshots_header(journal: Path) -> Path:
     "damage", [drop_a_segment, cut_a_segment, cut_the_snapshot, zero_the_snapshots_state, garble_the_snapshots_header]
 )
 def test_a_damaged_snapshot_or_segment_is_refused_in_one_line_naming_the_file_and_nothing_is_written(
-    stopped: ServerProcess, tmp_path: Path, damage: object
+    stopped: ServerProcess, tmp_path: Path, damage: Callable[[Path], Path]
 ) -> None:
     """§4 Snapshots: "A snapshot whose table is in segments refuses to restore without them"; README "The operator's
     log": a server that refuses to start says why in one line, status 2. A listed segment deleted or cut short, the
@@ -172,8 +172,7 @@ def test_a_damaged_snapshot_or_segment_is_refused_in_one_line_naming_the_file_an
     it was."""
     data_dir = copy_of(stopped, tmp_path)
     journal = data_dir / "journal"
-    assert callable(damage)
-    damaged: Path = damage(journal)
+    damaged = damage(journal)
     before = journal_files(data_dir)
     status, lines = serve_refused(data_dir)
     assert status == 2, lines
