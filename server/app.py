@@ -50,9 +50,9 @@ from server.demo import load_demo
 from server.errors import UndecodableRequests, send_limit
 from server.explain_index import MAP_SIZE_BYTES_DEFAULT, ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
-from server.journal import JournalFormatError, JournalUnopenable, LmdbJournal
+from server.journal import SNAPSHOT_FILE, JournalFormatError, JournalUnopenable, LmdbJournal, SnapshotDamaged
 from server.loopstall import StallSampler
-from server.recovery import RECOVERY_PROGRESS_EVERY_S, Backlog, recover_counting
+from server.recovery import RECOVERY_PROGRESS_EVERY_S, Backlog, SnapshotUnreadable, recover_counting
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
 from server.sequencer import Sequencer
 from server.services import (
@@ -496,7 +496,7 @@ async def _recover(
     try:
         journal = LmdbJournal(config.data_dir / "journal", map_size_bytes=config.map_size_bytes)
     except (JournalFormatError, JournalUnopenable) as exc:
-        log.error("%s", exc)
+        log.error("%s", _refusal(config, exc))
         await server.stop(None)
         return None
     try:
@@ -517,8 +517,8 @@ async def _recover(
             progress_every_s=RECOVERY_PROGRESS_EVERY_S,
             explain_index=explain_index,
         )
-    except RatingChanged as exc:
-        log.error("%s", exc)
+    except (RatingChanged, SnapshotUnreadable) as exc:
+        log.error("%s", _refusal(config, exc))
         journal.close()
         if explain_index is not None:
             explain_index.close()
@@ -527,6 +527,15 @@ async def _recover(
     # Recovery's transient buffers (records, the snapshot, the tables' encoding) are freed by now.
     heap.trim_heap()
     return journal, explain_index, billing, backlog
+
+
+def _refusal(config: ServeConfig, exc: Exception) -> str:
+    """The line a start refused for `exc` logs: a damaged snapshot's says what the operator can do (it only shortens
+    the replay, and the dedupe segments no snapshot lists are deleted at the next open)."""
+    if not isinstance(exc, SnapshotDamaged | SnapshotUnreadable):
+        return str(exc)
+    aside = config.data_dir / "journal" / SNAPSHOT_FILE
+    return f"{exc}; the journal keeps every record: move {aside} aside and the start replays all of it"
 
 
 async def _start_serving(

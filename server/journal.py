@@ -56,6 +56,7 @@ __all__ = [
     "Segment",
     "SegmentParts",
     "SegmentWriter",
+    "SnapshotDamaged",
     "segment_file_name",
     "snapshot_header",
 ]
@@ -141,6 +142,11 @@ class JournalStats(msgspec.Struct, frozen=True):
 
 class JournalFormatError(Exception):
     """The store was written in another format version: nothing was read or written."""
+
+
+class SnapshotDamaged(JournalFormatError):
+    """The snapshot file, or a dedupe segment it lists, is cut short, missing or not a snapshot: nothing was read or
+    written. The journal keeps every record: without the snapshot a start replays all of it."""
 
 
 class JournalUnopenable(Exception):
@@ -259,7 +265,7 @@ def snapshot_header(file: BinaryIO, path: Path) -> tuple[int, int, list[tuple[in
     header = file.read(_SNAPSHOT_HEADER_BYTES)
     magic = header[:8]
     if len(header) != _SNAPSHOT_HEADER_BYTES or magic not in (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_SEGMENTED):
-        raise JournalFormatError(f"{path} is not a Tariff snapshot (header {magic!r})")
+        raise SnapshotDamaged(f"{path} is not a Tariff snapshot (header {magic!r})")
     seq, length = int.from_bytes(header[8:16], "big"), int.from_bytes(header[16:24], "big")
     segments: list[tuple[int, int]] = []
     if magic == _SNAPSHOT_MAGIC_SEGMENTED:
@@ -267,7 +273,7 @@ def snapshot_header(file: BinaryIO, path: Path) -> tuple[int, int, list[tuple[in
         count = int.from_bytes(listed, "big")
         entries = file.read(16 * count)
         if len(listed) != 8 or len(entries) != 16 * count:
-            raise JournalFormatError(f"{path} is cut short in its list of dedupe segments")
+            raise SnapshotDamaged(f"{path} is cut short in its list of dedupe segments")
         for at in range(0, len(entries), 16):
             segments.append(
                 (int.from_bytes(entries[at : at + 8], "big"), int.from_bytes(entries[at + 8 : at + 16], "big"))
@@ -322,7 +328,7 @@ class _SnapshotFile:
         except FileNotFoundError:
             return None
         if len(blob) != length:
-            raise JournalFormatError(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
+            raise SnapshotDamaged(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
         return seq, blob
 
     def load_segments(self) -> list[Segment]:
@@ -335,12 +341,10 @@ class _SnapshotFile:
                 with open(path, "rb") as file:
                     size = os.fstat(file.fileno()).st_size
                     if size != length:
-                        raise JournalFormatError(f"{path} holds {size} of its {length} bytes")
+                        raise SnapshotDamaged(f"{path} holds {size} of its {length} bytes")
                     segments.append(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
             except FileNotFoundError:
-                raise JournalFormatError(
-                    f"{self._path} lists the dedupe segment {path.name}, which is missing"
-                ) from None
+                raise SnapshotDamaged(f"{self._path} lists the dedupe segment {path.name}, which is missing") from None
         return segments
 
     def save(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
@@ -458,6 +462,18 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _refuse_another_programs(env: lmdb.Environment, path: Path) -> None:
+    """JournalFormatError, nothing written, for an LMDB environment that is not a Tariff journal: one holding entries
+    but no format version (a journal's first commit writes its format beside its databases, so a journal holds
+    it from the start; an environment with nothing in it is a first start cut short, and becomes the journal)."""
+    with env.begin() as txn, txn.cursor() as names:  # the unnamed database, where the named ones are entered
+        if names.first() and txn.get(_META_DB) is None:
+            raise JournalFormatError(
+                f"{path} is not a Tariff journal (an LMDB environment of another program: no format version), left "
+                "as it is: give --data-dir a Tariff data directory or a new one"
+            )
+
+
 class LmdbJournal:
     """The Journal on one LMDB environment (a directory). See the module docstring."""
 
@@ -500,6 +516,7 @@ class LmdbJournal:
             advice = _map_advice(exc, map_size_bytes) if not existing else ""
             raise JournalUnopenable(f"cannot open the journal at {path}: {exc}{advice}") from None
         try:
+            _refuse_another_programs(env, path)
             if env.info()["map_size"] < requested_bytes:
                 # Safe only here: set_mapsize invalidates every open transaction in the process.
                 try:

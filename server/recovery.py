@@ -6,13 +6,15 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import msgspec
+
 from engine import commands as cmd
 from engine.alerts import FiredAlert
 from engine.billing import Billing, RatingChanged
 from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server import oplog
 from server.explain_index import ExplainIndex
-from server.journal import Journal
+from server.journal import Journal, Segment, SnapshotDamaged
 from server.records import RerationDone, decode_record
 
 DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
@@ -22,6 +24,11 @@ RECOVERY_PROGRESS_EVERY_S = 2.0
 RECOVERY_PROGRESS_EVENTS = 65_536
 # A replay hands the explain index what it recorded every this many records (a bounded buffer).
 EXPLAIN_REPLAY_RECORDS = 256
+
+
+class SnapshotUnreadable(Exception):
+    """The newest snapshot, or a dedupe segment it lists, is damaged or missing: nothing was read into a state and
+    nothing written. The journal keeps every record, so a start without the snapshot replays all of it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,7 +74,7 @@ def recover_counting(
 ) -> tuple[Billing, Backlog]:
     """`recover`, and what it replayed after the snapshot (its Backlog)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
-    snapshot = journal.load_segmented_snapshot()
+    snapshot = _stored_snapshot(journal)
     if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
         snapshot = None
     snapshot_bytes = 0
@@ -75,9 +82,12 @@ def recover_counting(
         seq, blob, segments = snapshot
         # As a store counts it: the snapshot and the segment it wrote last.
         snapshot_bytes = len(blob) + (journal.dedupe_segment_bytes() or [0])[-1]
-        billing = Billing.from_snapshot(
-            blob, future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms, segments=segments
-        )
+        try:
+            billing = Billing.from_snapshot(
+                blob, future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms, segments=segments
+            )
+        except (msgspec.MsgspecError, ValueError) as exc:  # the control plane's JSON, the kernel's bytes
+            raise SnapshotUnreadable(f"the snapshot of seq {seq} does not restore: {exc}") from exc
         if segments:
             # The next snapshot stores the changes since this one, the replay's first.
             billing.kernel.record_dedupe_changes(True)
@@ -134,6 +144,14 @@ def recover_counting(
     # customer's tables (seconds at a million customers).
     billing.refresh_tables()
     return billing, Backlog(records, events, journal_bytes, snapshot_bytes)
+
+
+def _stored_snapshot(journal: Journal) -> tuple[int, bytes, list[Segment]] | None:
+    """The newest snapshot and its dedupe segments; SnapshotUnreadable when one is cut short or missing."""
+    try:
+        return journal.load_segmented_snapshot()
+    except SnapshotDamaged as exc:
+        raise SnapshotUnreadable(str(exc)) from exc
 
 
 def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[FiredAlert]) -> None:

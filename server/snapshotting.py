@@ -228,8 +228,13 @@ class Snapshots:
             # Its segment's changes are in no file: the next snapshot's segment holds the whole table.
             self.billing.dedupe_segments_seq = None
         if isinstance(error, JournalFull):
-            # The journal alone still recovers everything; only restart time suffers.
-            log.warning("no room for a snapshot at seq %d: grow --map-size-mb", storing.seq)
+            # The journal alone still recovers everything; only restart time suffers. A snapshot is a file beside the
+            # journal's map, so it is the disk that has no room: the error says so, and where.
+            log.warning(
+                "no snapshot at seq %d: %s; the journal keeps every record, and the next snapshot is tried once due",
+                storing.seq,
+                error,
+            )
         elif error is not None:
             self._store_failure = error  # the writer stops at its next housekeeping, as if it had stored it
         else:
