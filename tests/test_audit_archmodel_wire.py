@@ -688,3 +688,62 @@ def test_reads_between_a_holds_ttl_and_a_grants_expiry_and_their_record_answer_a
     assert rejected_in(client, event("win-1", "win", values={"n": 1})) == []
     assert client.get_balance("win").as_of_seq > seq
     assert grants(client, "win") == {"w-e": ("5", "0", "0", "0", "5"), "w-g": ("10", "1", "9", "0", "0")}
+
+
+# §3 Changing prices: DiffVersions ---------------------------------------------------------------------------------
+
+
+def test_a_diff_runs_parameters_by_name_and_rates_by_product_then_match_however_the_versions_list_them(
+    client: TariffClient,
+) -> None:
+    """Version 1 (parameters a = 1, b = 2) lists q {} at 1, d {us, gold} at a, d {us} at b, d {} at 1. Draft 2, based
+    on it, sets b = 5 and c = 7, writes d {} at 2, removes d {us, gold} and adds d {silver} at 3 (listed first). The
+    diff: parameters b CHANGED (2 -> 5), c ADDED; rates d {} CHANGED (1 -> 2), d {us} REPRICED (b: 2 -> 5),
+    d {us, gold} REMOVED (evaluated 1), d {silver} ADDED (3), each of these two with every price field (per_units 1
+    too); q and a are the same and left out."""
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="diff", pricing_unit="credits"))
+    first = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id="diff",
+        set_parameters={"a": "1", "b": "2"},
+        upsert_rates=[
+            unit("q", "1"),
+            unit("d", "a", region="us", tier="gold"),
+            unit("d", "b", region="us"),
+            unit("d", "1"),
+        ],
+    )
+    client.pricing.CreateProduct(
+        pricing_pb2.CreateProductRequest(
+            product=pricing_pb2.Product(id="q", event_type="q", aggregation=pricing_pb2.SUM, value_key="n")
+        )
+    )
+    client.pricing.CreateDraftVersion(first)
+    second = pricing_pb2.CreateDraftVersionRequest(
+        rate_card_id="diff",
+        based_on_version=1,
+        set_parameters={"b": "5", "c": "7"},
+        upsert_rates=[unit("d", "3", tier="silver"), unit("d", "2")],
+        remove_rates=[pricing_pb2.RateKey(product_id="d", match={"region": "us", "tier": "gold"})],
+    )
+    client.pricing.CreateDraftVersion(second)
+    diff = client.pricing.DiffVersions(
+        pricing_pb2.DiffVersionsRequest(rate_card_id="diff", from_version=1, to_version=2)
+    )
+    assert [(c.name, c.old_value, c.new_value, c.kind) for c in diff.parameters] == [
+        ("b", "2", "5", pricing_pb2.CHANGED),
+        ("c", "", "7", pricing_pb2.ADDED),
+    ]
+    assert [
+        (r.key.product_id, dict(r.key.match), r.kind, [(f.path, f.old_price, f.new_price) for f in r.fields])
+        for r in diff.rates
+    ] == [
+        ("d", {}, pricing_pb2.CHANGED, [("unit.price", "1", "2")]),
+        ("d", {"region": "us"}, pricing_pb2.REPRICED, [("unit.price", "2", "5")]),
+        (
+            "d",
+            {"region": "us", "tier": "gold"},
+            pricing_pb2.REMOVED,
+            [("unit.price", "1", ""), ("unit.per_units", "1", "")],
+        ),
+        ("d", {"tier": "silver"}, pricing_pb2.ADDED, [("unit.price", "", "3"), ("unit.per_units", "", "1")]),
+    ]
