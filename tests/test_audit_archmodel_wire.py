@@ -19,13 +19,22 @@ from functools import partial
 from pathlib import Path
 
 import grpc
+import msgspec
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from engine import commands as cmd
+from engine.billing import Billing
+from engine.control import fingerprint
+from engine.products import Aggregation
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, open_contract, preview, refusal, rejected_in, serving, unit
+from tests.engine_fixtures import ACTOR, EPOCH_MS, World
+from tests.engine_fixtures import rate as engine_rate
+from tests.engine_fixtures import unit as engine_unit
+from tests.kernel_fixtures import usage_event
 from tests.serverproc import ServerProcess
 
 JAN_2024_MS = 1_704_067_200_000
@@ -177,15 +186,17 @@ def test_latest_max_and_unique_count_read_as_the_aggregation_table_says(client: 
     }
 
 
-def test_a_filter_is_equality_on_a_dimension_the_event_carries(client: TariffClient) -> None:
-    """`fl` filters region = "": an event carrying region "" feeds it (COUNT 1 at 1), one leaving region out does not
-    (no product of its type fed: accepted, charging nothing), one with region "eu" does not either."""
+def test_a_filter_on_an_empty_value_is_met_by_an_event_sending_it_empty_or_leaving_it_out(client: TariffClient) -> None:
+    """A filter is equality on the event's dimension, one left out read as empty, as a pricing dimension left out is
+    (the event shows on the same invoice line as one sending it empty, and a rate for "" prices both). `fl` filters
+    region = "": an event carrying region "" and one leaving region out both feed it (COUNT 2 at 1 = 2); one with
+    region "eu" does not (fed nothing: accepted, charging nothing)."""
     customer(client, "filt")
     carried = event("filt-1", "filt", "f", dimensions={"region": ""})
     left_out = event("filt-2", "filt", "f")
     other = event("filt-3", "filt", "f", dimensions={"region": "eu"})
     assert rejected_in(client, carried, left_out, other) == []
-    assert lines(client, "filt") == {("fl", ()): ("1", "1")}  # a line's dimensions are its pricing dimensions
+    assert lines(client, "filt") == {("fl", ()): ("2", "2")}  # a line's dimensions are its pricing dimensions
 
 
 def test_an_event_type_feeding_no_product_is_accepted_and_charges_nothing(client: TariffClient) -> None:
@@ -747,3 +758,39 @@ def test_a_diff_runs_parameters_by_name_and_rates_by_product_then_match_however_
         ),
         ("d", {"tier": "silver"}, pricing_pb2.ADDED, [("unit.price", "", "3"), ("unit.per_units", "", "1")]),
     ]
+
+
+@pytest.mark.parametrize(("journaled_with_flag", "charged"), [(True, 2), (False, 1)])
+def test_a_filter_product_journaled_without_empty_filter_missing_is_met_only_by_an_empty_value_sent_as_before(
+    journaled_with_flag: bool, charged: int
+) -> None:
+    """A CreateProduct an earlier release journaled has no empty_filter_missing: decoded, it reads False, and its
+    filter on "" is met only by an event sending the dimension empty, as it was (an event sending region "" and one
+    leaving it out: 1 credit), so its journal replays to the same state; with the field (every product the server
+    creates now) both meet it (2 credits). The field is the server's: in neither the retry fingerprint nor the audit
+    entry."""
+    made = cmd.CreateProduct(EPOCH_MS, ACTOR, "fl", "fl", "f", Aggregation.COUNT, "", {"region": ""}, (), "u")
+    made = msgspec.structs.replace(made, empty_count_missing=True, empty_filter_missing=True)
+    stored = msgspec.json.encode(made)
+    assert b',"empty_filter_missing":true' in stored
+    if not journaled_with_flag:
+        stored = stored.replace(b',"empty_filter_missing":true', b"")
+    decoded = msgspec.json.decode(stored, type=cmd.CreateProduct)
+    assert decoded.empty_filter_missing is journaled_with_flag
+    assert fingerprint(decoded) == fingerprint(msgspec.structs.replace(decoded, empty_filter_missing=False))
+    world = World()
+    world.apply(decoded)
+    world.rate_card()
+    world.version([engine_rate("fl", engine_unit("1"))])
+    world.customer()
+    world.contract()
+    billing = Billing(engine=world.engine)
+    events = [
+        usage_event("sent", EPOCH_MS + HOUR_MS, {}, event_type="f", dimensions={"region": ""}),
+        usage_event("left-out", EPOCH_MS + HOUR_MS, {}, event_type="f"),
+    ]
+    ack = billing.ingest(usage_pb2.UsageBatch(events=events).SerializeToString(), EPOCH_MS + 2 * HOUR_MS)
+    assert (ack.accepted, list(ack.rejected)) == (2, [])
+    assert billing.balance("acme", EPOCH_MS + 2 * HOUR_MS).period_charges == charged * 10**12
+    entries = [e for e in world.engine.state.audit if e.action == "CreateProduct"]
+    assert entries and all("empty_filter_missing" not in e.diff for e in entries)
