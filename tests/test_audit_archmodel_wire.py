@@ -533,8 +533,8 @@ def test_a_policy_set_below_its_threshold_buys_at_the_next_rated_event_one_drawi
     client: TariffClient,
 ) -> None:
     """3 credits, then a policy below 5 up to 20: nothing bought when set; an event of a type feeding no product (it
-    draws nothing) buys 20 - 3 = 17 as TOP_UP `top-up-<period start>-1`, usable from the start of the billing period
-    it counts in."""
+    draws nothing) buys 20 - 3 = 17 as TOP_UP `top-up-<period start>-1`, never expiring, usable from the start of the
+    billing period it counts in, so it pays that period's late usage too."""
     customer(client, "tbelow")
     grant(client, "tbelow", "tbelow-g", "3", "3")
     policy(client, "tbelow", "5", "20")
@@ -546,6 +546,14 @@ def test_a_policy_set_below_its_threshold_buys_at_the_next_rated_event_one_drawi
         (f"top-up-{start}-1", "17", start, False)
     ]
     assert totals(client, "tbelow") == ("20", "0", "20")
+    # Usable from the period's start: 18 units dated a second into the period, before the purchase, draw the 3 of
+    # tbelow-g then 15 of the top-up (2 left: below 5, but the one purchase a period is made).
+    late = event("tbelow-2", "tbelow", values={"n": 18}, at_ms=start + 1000)
+    assert rejected_in(client, late) == []
+    assert grants(client, "tbelow") == {
+        "tbelow-g": ("3", "3", "0", "0", "0"),
+        f"top-up-{start}-1": ("17", "15", "2", "0", "0"),
+    }
 
 
 def test_top_ups_buy_up_to_the_recharge_level_at_most_max_per_period_times(client: TariffClient) -> None:
