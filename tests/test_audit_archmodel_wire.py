@@ -472,6 +472,20 @@ def test_an_event_naming_an_open_hold_gives_it_back_before_its_charges_draw(clie
     assert client.get_balance("settle").overage_amount == "0"
 
 
+def test_an_event_naming_another_customers_hold_leaves_that_hold_alone(client: TariffClient) -> None:
+    """Holds are a customer's own ("an event naming an open reservation of its customer"; nothing moves between two
+    accounts): `mine` holds 6 of 10 as `shared`; `yours` sends 2 units naming `shared`: rated as any event, its own
+    overage, and `mine` still holds 6 (4 available)."""
+    customer(client, "mine")
+    customer(client, "yours")
+    grant(client, "mine", "mine-g", "10", "10")
+    assert hold(client, "mine", "shared", 6).credits_available == "4"
+    assert rejected_in(client, event("yours-1", "yours", values={"n": 2}, reservation_id="shared")) == []
+    assert totals(client, "mine") == ("10", "6", "4")
+    assert grants(client, "mine") == {"mine-g": ("10", "0", "10", "6", "0")}
+    assert client.get_balance("yours").overage_amount == "2"
+
+
 def test_with_block_holds_never_exceed_the_credit(client: TariffClient) -> None:
     """BLOCK, 10 credits: a hold of 6 is taken (4 left), one of 5 denied (more than the 4 holds leave), one of 4
     taken (0 left): 10 held in all, none over."""
@@ -802,3 +816,36 @@ def test_a_filter_product_journaled_without_empty_filter_missing_is_met_only_by_
     assert billing.balance("acme", EPOCH_MS + 2 * HOUR_MS).period_charges == charged * 10**12
     entries = [e for e in world.engine.state.audit if e.action == "CreateProduct"]
     assert entries and all("empty_filter_missing" not in e.diff for e in entries)
+
+
+# §3 Revenue recognition: a rollover that moved nothing ------------------------------------------------------------
+
+FEB_2024_MS = 1_706_745_600_000
+
+
+def test_a_rollover_that_moved_nothing_made_no_grant_so_its_id_can_be_granted_with_a_ledger_of_its_own(
+    client: TariffClient,
+) -> None:
+    """`rz-g`: 0.000000000001 credits (paid 0.000000000001) with rollover fraction 0.5, from the contract's start, Jan
+    1 2024: at Feb 1 2024, floor(0.5 x 10^-12) rolls over: 0, so no grant; the 10^-12 breaks (rz-g expired). The id
+    the rollover would have had, `rollover-rz-g-<Feb 1>`, names none of the kernel's grants: GrantCredits takes it
+    (10 credits paid 5), and 4 units drawn from it recognise 4 x 5 / 10 = 2 of its own paid amount."""
+    customer(client, "rz")
+    made = contracts_pb2.Grant(
+        id="rz-g",
+        customer_id="rz",
+        kind=contracts_pb2.PREPAID,
+        amount="0.000000000001",
+        paid_amount="0.000000000001",
+        rollover_fraction="0.5",
+    )
+    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+    assert grants(client, "rz") == {"rz-g": ("0.000000000001", "0", "0", "0", "0.000000000001")}
+    rolled_id = f"rollover-rz-g-{FEB_2024_MS}"
+    assert grant(client, "rz", rolled_id, "10", "5").id == rolled_id
+    assert rejected_in(client, event("rz-1", "rz", values={"n": 4})) == []
+    listed = {g.grant_id: (g.kind, g.drawn, g.recognized_revenue) for g in client.get_balance("rz").grants}
+    assert listed == {
+        "rz-g": (contracts_pb2.PREPAID, "0", "0"),
+        rolled_id: (contracts_pb2.PREPAID, "4", "2"),
+    }
