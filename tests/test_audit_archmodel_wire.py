@@ -13,6 +13,7 @@ USD unless said, so no test depends on another's usage."""
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -486,19 +487,24 @@ def test_an_event_naming_another_customers_hold_leaves_that_hold_alone(client: T
     assert client.get_balance("yours").overage_amount == "2"
 
 
-def test_with_block_holds_never_exceed_the_credit(client: TariffClient) -> None:
-    """BLOCK, 10 credits: a hold of 6 is taken (4 left), one of 5 denied (more than the 4 holds leave), one of 4
-    taken (0 left): 10 held in all, none over."""
-    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="blk"))
+def blocked_customer(client: TariffClient, customer_id: str, credits: str) -> None:
+    """`customer_id` on `card` from 2024-01-01 under BLOCK, with `credits` bought at 1 USD each."""
+    client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id))
     request = contracts_pb2.CreateContractRequest(
-        id="blk-k",
-        customer_id="blk",
+        id=f"{customer_id}-k",
+        customer_id=customer_id,
         rate_card_id="card",
         starting_at=stamp(JAN_2024_MS),
         overage_policy=contracts_pb2.BLOCK,
     )
     client.contracts.CreateContract(request)
-    grant(client, "blk", "blk-g", "10", "10")
+    grant(client, customer_id, f"{customer_id}-g", credits, credits)
+
+
+def test_with_block_holds_never_exceed_the_credit(client: TariffClient) -> None:
+    """BLOCK, 10 credits: a hold of 6 is taken (4 left), one of 5 denied (more than the 4 holds leave), one of 4
+    taken (0 left): 10 held in all, none over."""
+    blocked_customer(client, "blk", "10")
     answers = [hold(client, "blk", f"blk-{n}", n) for n in (6, 5, 4)]
     assert [(a.allowed, a.reason, a.credits_available) for a in answers] == [
         (True, "OK", "4"),
@@ -849,3 +855,36 @@ def test_a_rollover_that_moved_nothing_made_no_grant_so_its_id_can_be_granted_wi
         "rz-g": (contracts_pb2.PREPAID, "0", "0"),
         rolled_id: (contracts_pb2.PREPAID, "4", "2"),
     }
+
+
+def test_one_authorize_batches_message_holds_as_its_unary_holds_would_one_record_or_none(client: TariffClient) -> None:
+    """BLOCK, 3 credits. One message: hold ab-1 of 2 (OK, 1 left), ab-2 of 2 (denied: more than the 1 the first
+    leaves), an unnamed hold of 1 (OK, 0 left, named r-<32 hex>): one journal record (as_of_seq + 1). A message
+    whose one hold is denied, and one retrying ab-1 (answered OK again, holding once), take none."""
+
+    def message(*holds: tuple[str, float]) -> list[tuple[str, str, bool, str]]:
+        requests = [
+            balance_pb2.AuthorizeRequest(
+                request_id=f"ab-ask-{n}-{reservation_id}",
+                customer_id="ab",
+                event_type="p",
+                values={"n": n},
+                reserve=True,
+                reservation_id=reservation_id,
+            )
+            for reservation_id, n in holds
+        ]
+        answers = list(client.balance.AuthorizeBatches(iter([balance_pb2.AuthorizeBatch(requests=requests)])))
+        return [(a.reservation_id, a.reason, a.allowed, a.credits_available) for a in answers[0].responses]
+
+    blocked_customer(client, "ab", "3")
+    seq = client.get_balance("ab").as_of_seq
+    first = message(("ab-1", 2), ("ab-2", 2), ("", 1))
+    assert first[:2] == [("ab-1", "OK", True, "1"), ("", "INSUFFICIENT_CREDIT", False, "1")]  # a denial holds no id
+    unnamed, reason, allowed, available = first[2]
+    assert re.fullmatch(r"r-[0-9a-f]{32}", unnamed) and (reason, allowed, available) == ("OK", True, "0"), first[2]
+    assert client.get_balance("ab").as_of_seq == seq + 1
+    assert message(("ab-3", 1)) == [("", "INSUFFICIENT_CREDIT", False, "0")]
+    assert message(("ab-1", 2)) == [("ab-1", "OK", True, "0")]
+    assert client.get_balance("ab").as_of_seq == seq + 1
+    assert totals(client, "ab") == ("3", "3", "0")
