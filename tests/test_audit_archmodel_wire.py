@@ -888,3 +888,29 @@ def test_one_authorize_batches_message_holds_as_its_unary_holds_would_one_record
     assert message(("ab-1", 2)) == [("ab-1", "OK", True, "0")]
     assert client.get_balance("ab").as_of_seq == seq + 1
     assert totals(client, "ab") == ("3", "3", "0")
+
+
+# §3 The audit log's actor -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("actor", "taken"),
+    [("a" * 128, True), ("j.doe_2:ops@corp-1", True), ("a" * 129, False), ("ann/b", False), ("ann b", False)],
+)
+def test_an_x_actor_is_1_to_128_ascii_letters_digits_and_dot_underscore_colon_at_dash(
+    client: TariffClient, actor: str, taken: bool
+) -> None:
+    """Without API keys the call's x-actor is the audit entry's actor, held to `is_actor_name`: 128 letters and
+    "j.doe_2:ops@corp-1" are taken (the card made, its entry under that actor); 129 letters, a slash or a space are
+    INVALID_ARGUMENT naming x-actor, nothing made."""
+    card = f"actor-{len(actor)}-{actor[:5].replace(' ', '-').replace('/', '-')}"
+    request = pricing_pb2.CreateRateCardRequest(id=card, pricing_unit="credits")
+    if taken:
+        client.pricing.CreateRateCard(request, metadata=[("x-actor", actor)])
+        log = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(target=f"rate_card/{card}", page_size=10))
+        assert [(e.action, e.actor) for e in log.entries] == [("CreateRateCard", actor)]
+    else:
+        code, details = refusal(lambda: client.pricing.CreateRateCard(request, metadata=[("x-actor", actor)]))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("x-actor"), details
+        code, _ = refusal(lambda: client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=card)))
+        assert code == grpc.StatusCode.NOT_FOUND
