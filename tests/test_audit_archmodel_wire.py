@@ -503,7 +503,8 @@ def blocked_customer(client: TariffClient, customer_id: str, credits: str) -> No
 
 def test_with_block_holds_never_exceed_the_credit(client: TariffClient) -> None:
     """BLOCK, 10 credits: a hold of 6 is taken (4 left), one of 5 denied (more than the 4 holds leave), one of 4
-    taken (0 left): 10 held in all, none over."""
+    taken (0 left): 10 held in all, none over. Authorize of 1 more without a hold is denied too; 2 units ingested are
+    recorded (accepted), as overage: the held credit is not theirs."""
     blocked_customer(client, "blk", "10")
     answers = [hold(client, "blk", f"blk-{n}", n) for n in (6, 5, 4)]
     assert [(a.allowed, a.reason, a.credits_available) for a in answers] == [
@@ -512,6 +513,13 @@ def test_with_block_holds_never_exceed_the_credit(client: TariffClient) -> None:
         (True, "OK", "0"),
     ]
     assert totals(client, "blk") == ("10", "10", "0")
+    plain = balance_pb2.AuthorizeRequest(request_id="blk-plain", customer_id="blk", event_type="p", values={"n": 1})
+    denied = client.balance.Authorize(plain)
+    assert (denied.allowed, denied.reason) == (False, "INSUFFICIENT_CREDIT")
+    # Usage that happened is recorded all the same: 2 units naming no hold find nothing the holds leave: overage.
+    assert rejected_in(client, event("blk-1", "blk", values={"n": 2})) == []
+    balance = client.get_balance("blk")
+    assert (balance.period_charges, balance.overage_amount, balance.credits_held) == ("2", "2", "10")
 
 
 def test_a_retried_hold_answers_the_reason_it_was_allowed_for_open_or_released(client: TariffClient) -> None:
