@@ -38,6 +38,7 @@ class CatalogueCommands(ControlPlane):
             c.unit,
             c.at_ms,
             c.empty_count_missing,
+            c.empty_filter_missing,
         )
         self.state.products[c.id] = product
         self._remember(key, print_)

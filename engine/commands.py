@@ -52,7 +52,10 @@ class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
     """`empty_count_missing`: set by the server for every request it takes (server/convert.py), so a UNIQUE_COUNT
     product takes an event whose counted dimension is empty ("") as one without it (INVALID_EVENT), as a missing
     pricing dimension is the empty one; False (products created before it) counts "" as a distinct value, as they
-    did, so their journals replay as before. Not part of the request's fingerprint."""
+    did, so their journals replay as before. `empty_filter_missing`: set likewise, so a filter on the empty value ("")
+    is met by an event that leaves the dimension out, as by one sending it empty (the two count on one invoice line
+    and one rate prices both); False (products created before it) is met only by an event sending it empty, as they
+    were. Neither is part of the request's fingerprint."""
 
     at_ms: int
     actor: str
@@ -65,6 +68,7 @@ class CreateProduct(msgspec.Struct, frozen=True, tag="create_product"):
     pricing_dimensions: tuple[str, ...]
     unit: str
     empty_count_missing: bool = False
+    empty_filter_missing: bool = False
 
 
 class CreateRateCard(msgspec.Struct, frozen=True, tag="create_rate_card", omit_defaults=True):
@@ -259,6 +263,7 @@ SERVER_SET_FIELDS = (
     "drafts_bounded",
     "refunds_netted",
     "closed_in_journal_order",
+    "empty_filter_missing",
 )
 
 

@@ -28,3 +28,5 @@ class Product(msgspec.Struct, frozen=True):
     created_at_ms: int
     # UNIQUE_COUNT: an empty counted dimension is a missing one (CreateProduct.empty_count_missing).
     empty_count_missing: bool = False
+    # A filter on "" is met by an event leaving the dimension out too (CreateProduct.empty_filter_missing).
+    empty_filter_missing: bool = False

@@ -84,6 +84,7 @@ class ProductTable(msgspec.Struct):
     filters: list[tuple[str, str]]
     pricing_dimensions: list[str]
     empty_count_missing: bool
+    empty_filter_missing: bool
 
 
 class OverrideTable(msgspec.Struct):
@@ -235,6 +236,7 @@ class TableCompiler:
                 sorted(p.filters.items()),
                 list(p.pricing_dimensions),
                 p.empty_count_missing,
+                p.empty_filter_missing,
             )
             for p in state.products.values()
         ]

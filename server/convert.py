@@ -408,6 +408,7 @@ def create_product(request: pricing_pb2.CreateProductRequest, at_ms: int, actor:
         tuple(p.pricing_dimensions),
         p.unit,
         empty_count_missing=True,
+        empty_filter_missing=True,
     )
 
 

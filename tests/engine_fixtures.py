@@ -111,6 +111,7 @@ class World:
         filters: Mapping[str, str] | None = None,
         at_ms: int = EPOCH_MS,
         empty_count_missing: bool = False,
+        empty_filter_missing: bool = False,
     ) -> Product:
         result = self.apply(
             cmd.CreateProduct(
@@ -125,6 +126,7 @@ class World:
                 pricing_dimensions=tuple(dimensions),
                 unit="units",
                 empty_count_missing=empty_count_missing,
+                empty_filter_missing=empty_filter_missing,
             )
         )
         assert isinstance(result, Product)

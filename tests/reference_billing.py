@@ -581,6 +581,15 @@ class RProduct:
     # UNIQUE_COUNT: an empty counted dimension is a missing one (the server-set CreateProduct.empty_count_missing,
     # set for every product a client creates; one journaled without it counts "" as a value).
     empty_count_missing: bool = False
+    # A filter on "" is met by an event leaving the dimension out too (the server-set
+    # CreateProduct.empty_filter_missing, likewise; one journaled without it is met only by an event sending "").
+    empty_filter_missing: bool = False
+
+    def fed_by(self, event_type: str, dimensions: dict[str, str]) -> bool:
+        """Whether an event of `event_type` with `dimensions` feeds this product: its type, and every filter met."""
+        return self.event_type == event_type and all(
+            dimensions[k] == v if k in dimensions else self.empty_filter_missing and v == "" for k, v in self.filters
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -806,7 +815,7 @@ class ReferenceRating:
         plans = []
         # In product-id order: the first product that refuses (its measure, then its rate) names the reason.
         for product in sorted(self.products, key=lambda p: p.id):
-            if product.event_type != event.event_type or any(dimensions.get(k) != v for k, v in product.filters):
+            if not product.fed_by(event.event_type, dimensions):
                 continue
             measure: Decimal | str
             if product.aggregation == "COUNT":

@@ -717,20 +717,20 @@ def test_a_publish_over_max_and_latest_usage_only_in_a_closed_period_leaves_it_a
         assert charges(client, "shut") == "18"
 
 
-def test_a_dimension_left_out_matches_a_rate_for_its_empty_value_but_meets_no_filter(server: ServerProcess) -> None:
+def test_a_dimension_left_out_matches_a_rate_and_a_filter_for_its_empty_value(server: ServerProcess) -> None:
     """invoices.proto InvoiceLine.dimensions: an event that leaves a pricing dimension out counts on the line of its
     empty value, with one that sends it empty; pricing.proto Rate.match: so a rate for the empty value ("" is not
-    "*") prices both. docs/architecture.md §3: a filter is equality on a dimension the event carries, so a filter
-    on "" is met only by an event that sends it empty. Event type bl feeds blank (SUM n by region: 1, 2 for
-    region="") and fblank (COUNT, filter region="", 1):
-        n=3, region left out    -> blank 2 x 3 = 6 (line region=), fblank not fed
+    "*") prices both. docs/architecture.md §3: a filter is equality on the event's dimension, one left out read as
+    empty, so a filter on "" is met by both too. Event type bl feeds blank (SUM n by region: 1, 2 for region="")
+    and fblank (COUNT, filter region="", 1):
+        n=3, region left out    -> blank 2 x 3 = 6 (line region=), fblank 1
         n=4, region=""          -> blank 2 x 4 = 8 (the same line), fblank 1
         n=5, region=eu          -> blank 1 x 5 = 5
-    Charges 20; lines blank;region= 7 (14, 2 events), blank;region=eu 5 (5), fblank 1 (1)."""
+    Charges 21; lines blank;region= 7 (14, 2 events), blank;region=eu 5 (5), fblank 2 (2, 2 events)."""
     at = now_ms() - 1_000
     with server.client() as client:
         customer(client, "blank")
-        assert authorize(client, "blank", "bl", {"n": 3}) == ("OVERAGE_ALLOWED", "6")
+        assert authorize(client, "blank", "bl", {"n": 3}) == ("OVERAGE_ALLOWED", "7")
         assert authorize(client, "blank", "bl", {"n": 4}, region="") == ("OVERAGE_ALLOWED", "9")
         batch = [
             ev("1", "blank", "bl", at, {"n": 3}),
@@ -738,12 +738,12 @@ def test_a_dimension_left_out_matches_a_rate_for_its_empty_value_but_meets_no_fi
             ev("3", "blank", "bl", at, {"n": 5}, region="eu"),
         ]
         assert ingest(client, *batch) == (3, 0, [])
-        assert charges(client, "blank") == "20"
+        assert charges(client, "blank") == "21"
         draft = client.invoices.PreviewInvoice(invoices_pb2.PreviewInvoiceRequest(customer_id="blank"))
         assert lines(draft) == {
             "blank;region=": ("7", "14", 2),
             "blank;region=eu": ("5", "5", 1),
-            "fblank": ("1", "1", 1),
+            "fblank": ("2", "2", 2),
         }
 
 

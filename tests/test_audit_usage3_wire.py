@@ -706,11 +706,13 @@ def test_a_gauge_crossing_into_a_cheaper_volume_tier_is_estimated_and_charged_al
             assert (guess, charges(client, "vol")) == expected, g
 
 
-def test_a_filter_is_equality_on_a_dimension_the_event_carries(server_factory: ServerFactory) -> None:
+def test_a_filter_is_equality_on_the_events_dimension_one_left_out_read_as_empty(server_factory: ServerFactory) -> None:
     """pricing.proto Product.filters: dimension equality conditions (docs/architecture.md §3: `"*"` is the text
-    `*`, not a rate match's wildcard; a filter on an empty value needs the dimension present and empty). Its
-    own catalogue: `star` (COUNT, region="*", 1 a unit) and `blank` (COUNT, tier="", 10), both on event type e.
-        region=eu: 0; region=*: star 1; no dimensions: 0; tier="": blank 10; tier=gold: 0     -> 11"""
+    `*`, not a rate match's wildcard; a filter on an empty value is met by the dimension sent empty or left out, as
+    a rate for "" is). Its own catalogue: `star` (COUNT, region="*", 1 a unit) and `blank` (COUNT, tier="", 10),
+    both on event type e. Each event's charge (tier left out but in the fourth and fifth):
+        region=eu: blank 10; region=*: star 1 + blank 10; no dimensions: blank 10; tier="": blank 10; tier=gold: 0
+    cumulatively 10, 21, 31, 41, 41."""
     server = server_factory()
     p = pricing_pb2
     with server.client() as client:
@@ -731,4 +733,4 @@ def test_a_filter_is_equality_on_a_dimension_the_event_carries(server_factory: S
         for i, dimensions in enumerate(({"region": "eu"}, {"region": "*"}, {}, {"tier": ""}, {"tier": "gold"})):
             assert outcome(ingest(client, event(f"e{i}", "f", "e", t, {}, dimensions))) == (1, 0, [])
             seen.append(charges(client, "f"))
-        assert seen == ["0", "1", "1", "11", "11"]
+        assert seen == ["10", "21", "31", "41", "41"]

@@ -64,6 +64,7 @@ class ProductSpec:
     # False: the product has only its model=m1 rate, so other usage of it is NO_APPLICABLE_RATE.
     default_rate: bool = True
     empty_count_missing: bool = True  # as the server sets it; False: a product journaled before it was
+    empty_filter_missing: bool = True  # likewise
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,13 @@ def products(draw: st.DrawFn, *, unpriced: bool = False) -> tuple[ProductSpec, .
                 event_type=draw(st.sampled_from(["ai", "ai", "io"])),
                 aggregation=aggregation,
                 value_key=value_key,
-                filters=draw(st.sampled_from([(), (("region", "eu"),)])),
+                filters=draw(st.sampled_from([(), (("region", "eu"),), (("region", ""),)])),
                 dimensions=dimensions,
                 curve=draw(curves(huge=unpriced)),
                 specific=specific,
                 override=override,
                 empty_count_missing=draw(st.booleans()) if unpriced else True,
+                empty_filter_missing=draw(st.booleans()) if unpriced else True,
                 default_rate=not (unpriced and specific is not None and draw(st.integers(0, 3)) == 0),
             )
         )
@@ -166,7 +168,7 @@ VALUES = st.one_of(
 def events(draw: st.DrawFn, index: int) -> REvent:
     dimensions: dict[str, str] = {"model": draw(st.sampled_from(["m1", "m2"]))}
     if draw(st.booleans()):
-        dimensions["region"] = draw(st.sampled_from(["eu", "us"]))
+        dimensions["region"] = draw(st.sampled_from(["eu", "us", ""]))
     if draw(st.integers(0, 5)):
         dimensions["user"] = draw(st.sampled_from(["u1", "u2", "u3", ""]))
     values = {key: draw(VALUES) for key in draw(st.sets(st.sampled_from("ab"), max_size=2))}
@@ -234,6 +236,7 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
             dimensions=p.dimensions,
             filters=dict(p.filters),
             empty_count_missing=p.empty_count_missing,
+            empty_filter_missing=p.empty_filter_missing,
         )
     world.rate_card()
     rates = [rate(p.id, price_spec(p.curve)) for p in scenario.products if p.default_rate]
@@ -263,7 +266,16 @@ def build_kernel(scenario: Scenario) -> KernelWorld:
 def oracle_catalogue(specs: Sequence[ProductSpec]) -> tuple[list[RProduct], list[RRate]]:
     """The oracle's products and version 1's rates (each product's default rate, and its model=m1 one if any)."""
     products = [
-        RProduct(p.id, p.event_type, p.aggregation.value, p.value_key, p.filters, p.dimensions, p.empty_count_missing)
+        RProduct(
+            p.id,
+            p.event_type,
+            p.aggregation.value,
+            p.value_key,
+            p.filters,
+            p.dimensions,
+            p.empty_count_missing,
+            p.empty_filter_missing,
+        )
         for p in specs
     ]
     rates = [RRate(p.id, (), p.curve) for p in specs if p.default_rate]

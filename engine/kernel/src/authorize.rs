@@ -532,6 +532,7 @@ pub(crate) mod tests {
                 filters: vec![],
                 pricing_dimensions: vec![],
                 empty_count_missing: false,
+                empty_filter_missing: false,
             }],
             versions: vec![VersionTable {
                 rate_card_id: "card".into(),

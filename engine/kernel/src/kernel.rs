@@ -407,6 +407,7 @@ pub(crate) mod tests {
                     filters,
                     pricing_dimensions: dimensions.iter().map(|d| d.to_string()).collect(),
                     empty_count_missing: false,
+                    empty_filter_missing: false,
                 }
             };
         let products = vec![

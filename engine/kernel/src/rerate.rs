@@ -540,6 +540,7 @@ mod tests {
                 filters: vec![],
                 pricing_dimensions: vec!["model".into()],
                 empty_count_missing: false,
+                empty_filter_missing: false,
             })
             .collect();
         products.push(ProductTable {
@@ -550,6 +551,7 @@ mod tests {
             filters: vec![],
             pricing_dimensions: vec![],
             empty_count_missing: false,
+            empty_filter_missing: false,
         });
         let discount = OverrideTable {
             product_id: "unit".into(),

@@ -37,6 +37,10 @@ pub struct ProductTable {
     /// before CreateProduct.empty_count_missing were).
     #[serde(default)]
     pub empty_count_missing: bool,
+    /// A filter on "" is met by an event leaving the dimension out, as by one sending it empty (false: only by
+    /// one sending it, as products created before CreateProduct.empty_filter_missing were).
+    #[serde(default)]
+    pub empty_filter_missing: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

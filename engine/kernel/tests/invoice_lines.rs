@@ -42,6 +42,7 @@ fn tables() -> Tables {
             filters: vec![],
             pricing_dimensions: vec!["model".into()],
             empty_count_missing: false,
+            empty_filter_missing: false,
         }],
         // Version 1 prices 2 a token, version 2 (from hour 3) 3 a token.
         versions: vec![version(1, "2000000000000000000"), version(2, "3000000000000000000")],

@@ -44,6 +44,7 @@ fn product(
         filters: filters.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
         pricing_dimensions: dimensions.iter().map(|d| (*d).into()).collect(),
         empty_count_missing: false,
+        empty_filter_missing: false,
     }
 }
 

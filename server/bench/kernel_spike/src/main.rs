@@ -53,6 +53,7 @@ fn product(id: &str, value_key: &str, regions: usize) -> ProductTable {
         filters: vec![],
         pricing_dimensions,
         empty_count_missing: false,
+        empty_filter_missing: false,
     }
 }
 

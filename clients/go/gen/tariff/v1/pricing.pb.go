@@ -334,6 +334,11 @@ type Product struct {
 	// UNIQUE_COUNT counts. Unused by COUNT.
 	ValueKey string `protobuf:"bytes,5,opt,name=value_key,json=valueKey,proto3" json:"value_key,omitempty"`
 	// Dimension equality conditions an event must meet to feed this product.
+	// A dimension the event leaves out is read as empty, as for a pricing
+	// dimension: a filter on "" is met by an event sending it empty and by one
+	// leaving it out (one line of an invoice counts both). "*" is the text "*",
+	// not a wildcard. (Products created by earlier releases are met by "" only
+	// when it is sent, and still are.)
 	Filters map[string]string `protobuf:"bytes,6,rep,name=filters,proto3" json:"filters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Ordered dimension keys its rates may match on; invoice lines are
 	// product x these dimensions.

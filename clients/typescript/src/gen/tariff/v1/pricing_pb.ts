@@ -69,6 +69,11 @@ export type Product = Message<"tariff.v1.Product"> & {
 
   /**
    * Dimension equality conditions an event must meet to feed this product.
+   * A dimension the event leaves out is read as empty, as for a pricing
+   * dimension: a filter on "" is met by an event sending it empty and by one
+   * leaving it out (one line of an invoice counts both). "*" is the text "*",
+   * not a wildcard. (Products created by earlier releases are met by "" only
+   * when it is sent, and still are.)
    *
    * @generated from field: map<string, string> filters = 6;
    */
