@@ -44,6 +44,7 @@ from server.pages_ahead import PagesAhead
 
 __all__ = [
     "FORMAT_VERSION",
+    "SNAPSHOTS_DB_NAME",
     "SNAPSHOT_FILE",
     "DedupeSegmentSave",
     "Journal",
@@ -68,7 +69,9 @@ FORMAT_VERSION = 2
 MIGRATABLE_FORMAT_VERSIONS = (b"1",)
 
 _RECORDS_DB = b"records"
-_SNAPSHOTS_DB = b"snapshots"
+# Where an earlier release kept its snapshot (read until a newer one is saved; a refusal names it, to drop it).
+SNAPSHOTS_DB_NAME = "snapshots"
+_SNAPSHOTS_DB = SNAPSHOTS_DB_NAME.encode("ascii")
 _META_DB = b"meta"
 _FORMAT_VERSION_KEY = b"format_version"
 
@@ -690,6 +693,12 @@ class LmdbJournal:
         damage = self._snapshot_file.damage() if self._file_is_newest() and not self._snapshot_disregarded else None
         self._snapshot_disregarded = self._snapshot_disregarded or damage is not None
         return damage
+
+    def snapshot_in_map(self) -> bool:
+        """Whether the snapshot loads answer is an earlier release's, in the map's `snapshots` database: dropping
+        that database, not moving the snapshot file aside, starts without it."""
+        self._require_env()
+        return not self._snapshot_disregarded and not self._file_is_newest() and self._stored_snapshot_seq is not None
 
     def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         env = self._require_env()

@@ -6,6 +6,9 @@ backups"):
   index it): a damaged one no longer refuses such a start. The start logs one warning naming the damaged file, and
   the next snapshot (at the latest the clean stop's) replaces it and its segments; the refusal stays for a damaged
   snapshot the start would use, and for a snapshot file whose header does not read (its seq unknown).
+- An earlier release's snapshot, in the journal's `snapshots` database rather than a file, that does not restore is
+  refused with advice that fits it: there is no `journal/snapshot` to move aside, the line gives the command that
+  drops that database, and with it run the start replays the whole journal.
 
 The module's data directory is test_audit_archjournal_wire.py's: the demo (seq 1-7), then acme's batches of 4, 4 and
 2 new events (seq 8, 9, 10), each of acme's events 0.5 credits; a snapshot after every record, none of them with an
@@ -15,11 +18,13 @@ explain index, and a clean stop: journal/ holds a snapshot of seq 10 and the ded
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from server.explain_index import ExplainIndex
@@ -155,6 +160,53 @@ def test_a_snapshot_file_whose_header_does_not_read_is_refused_even_with_the_ind
     assert f"{journal / 'snapshot'} is not a Tariff snapshot" in lines[0], lines[0]
     assert f"move {journal / 'snapshot'} aside" in lines[0], lines[0]
     assert journal_files(data_dir) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# An earlier release's snapshot, in the journal's map
+
+
+def store_the_snapshot_in_the_map_as_an_earlier_release_did(journal: Path, seq: int, blob: bytes) -> None:
+    """journal/ as an earlier release left it: its snapshot in the `snapshots` database (key: seq, 8 bytes
+    big-endian), no snapshot file nor segments."""
+    for path in [journal / "snapshot", *journal.glob("segment.*")]:
+        path.unlink()
+    env = lmdb.open(str(journal), max_dbs=4, map_size=0)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(seq.to_bytes(8, "big"), blob, db=env.open_db(b"snapshots", txn=txn))
+    finally:
+        env.close()
+
+
+def test_an_earlier_releases_snapshot_in_the_map_that_does_not_restore_is_refused_with_the_command_that_drops_it(
+    stopped: ServerProcess, tmp_path: Path
+) -> None:
+    """README: a start refused for its snapshot says what to do. An earlier release kept its snapshot in the
+    journal's `snapshots` database, not in journal/snapshot; one of seq 10 that does not decode was refused with
+    "move .../journal/snapshot aside", a file there is not. Now the line says the snapshot is in that database and
+    gives the command that drops it (py-lmdb's tool, with the server's Python), not the file's advice; run as
+    given, the next start replays the 10 records, acme charged 5 and every batch a duplicate."""
+    data_dir = copy_of(stopped, tmp_path)
+    journal = data_dir / "journal"
+    store_the_snapshot_in_the_map_as_an_earlier_release_did(journal, LAST_SEQ, b"\x00" * 64)
+    status, lines = serve_refused(data_dir, NO_INDEX)
+    assert status == 2 and len(lines) == 1, lines
+    assert f"the snapshot of seq {LAST_SEQ} does not restore: " in lines[0], lines[0]
+    assert "it is an earlier release's snapshot, kept in the journal's `snapshots` database" in lines[0], lines[0]
+    assert "aside" not in lines[0], lines[0]
+    command = re.search(r"drop that database \(`(.+?)`: ", lines[0])
+    assert command is not None, lines[0]
+    assert shlex.split(command[1]) == [sys.executable, "-m", "lmdb", "drop", "-e", str(journal), "snapshots"]
+    subprocess.run(shlex.split(command[1]), check=True, capture_output=True, timeout=30)
+    server = ServerProcess(data_dir, extra_args=[NO_INDEX])
+    server.start()
+    try:
+        line = start_line(server)
+        assert f" journal_seq={LAST_SEQ} " in line and line.endswith(" replayed_records=10 replayed_events=10"), line
+        assert_all_duplicates_and_acme_charged_5(server)
+    finally:
+        server.stop()
 
 
 def test_once_the_index_caught_up_a_rebuild_does_not_restore_the_damaged_snapshot_the_start_left_unused(
