@@ -5,7 +5,9 @@ backups"):
 - A start whose explain index is behind the snapshot does not use the snapshot (it replays the whole journal to
   index it): a damaged one no longer refuses such a start. The start logs one warning naming the damaged file, and
   the next snapshot (at the latest the clean stop's) replaces it and its segments; the refusal stays for a damaged
-  snapshot the start would use, and for a snapshot file whose header does not read (its seq unknown).
+  snapshot the start would use (an index covering it, one that caught up before a kill -9 among them), and for a
+  snapshot file whose header does not read (its seq unknown). A later recovery (the writer's rebuild) does not
+  restore it either.
 - An earlier release's snapshot, in the journal's `snapshots` database rather than a file, that does not restore is
   refused with advice that fits it: there is no `journal/snapshot` to move aside, the line gives the command that
   drops that database, and with it run the start replays the whole journal.
@@ -124,6 +126,29 @@ def test_a_damaged_snapshot_an_index_behind_it_leaves_unused_is_logged_and_repla
         assert_all_duplicates_and_acme_charged_5(server)
     finally:
         server.stop()
+
+
+def test_killed_before_the_next_snapshot_a_start_whose_index_caught_up_refuses_the_damaged_snapshot_again(
+    stopped: ServerProcess, tmp_path: Path
+) -> None:
+    """§4: the damaged snapshot stays until the next snapshot replaces it. A listed segment deleted, a start with a
+    new index goes on (replaying seq 1-10 into it); killed (-9) before any snapshot is stored, the next start finds
+    the index covering seq 10, so it would use the snapshot: refused in one line naming the segment and saying to
+    move journal/snapshot aside, status 2."""
+    data_dir = copy_of(stopped, tmp_path)
+    journal = data_dir / "journal"
+    dropped = drop_a_segment(journal)
+    server = ServerProcess(data_dir)
+    server.start()
+    try:
+        assert start_line(server).endswith(" replayed_records=10 replayed_events=10"), start_line(server)
+        server.kill9()
+    finally:
+        server.stop()
+    assert SNAPSHOT_LINE.findall(server.log_path.read_text()) == []
+    status, lines = serve_refused(data_dir)
+    assert status == 2 and len(lines) == 1, lines
+    assert dropped.name in lines[0] and f"move {journal / 'snapshot'} aside" in lines[0], lines[0]
 
 
 def test_a_damaged_snapshot_the_index_would_let_the_start_use_is_still_refused(tmp_path: Path) -> None:
