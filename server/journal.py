@@ -208,8 +208,8 @@ class Journal(Protocol):
         ...
 
     def snapshot_seq(self) -> int | None:
-        """The newest snapshot's seq as read at open (the snapshot file's header), none of its state read; None when
-        there is none, or it was disregarded."""
+        """The newest snapshot's seq as read at open (the snapshot file's header; an earlier release's key in the map),
+        none of its state read; None when there is none, or it was disregarded."""
         ...
 
     def disregard_if_damaged(self) -> str | None:
