@@ -50,7 +50,14 @@ from server.demo import load_demo
 from server.errors import UndecodableRequests, send_limit
 from server.explain_index import MAP_SIZE_BYTES_DEFAULT, ExplainIndex, IndexUnopenable
 from server.health import SERVING, HealthService
-from server.journal import SNAPSHOT_FILE, JournalFormatError, JournalUnopenable, LmdbJournal, SnapshotDamaged
+from server.journal import (
+    SNAPSHOT_FILE,
+    SNAPSHOTS_DB_NAME,
+    JournalFormatError,
+    JournalUnopenable,
+    LmdbJournal,
+    SnapshotDamaged,
+)
 from server.loopstall import StallSampler
 from server.recovery import RECOVERY_PROGRESS_EVERY_S, Backlog, SnapshotUnreadable, recover_counting
 from server.scheduling import lower_background_threads, name_os_threads, shorten_slices
@@ -518,7 +525,7 @@ async def _recover(
             explain_index=explain_index,
         )
     except (RatingChanged, SnapshotUnreadable) as exc:
-        log.error("%s", _refusal(config, exc))
+        log.error("%s", _refusal(config, exc, snapshot_in_map=journal.snapshot_in_map()))
         journal.close()
         if explain_index is not None:
             explain_index.close()
@@ -529,12 +536,23 @@ async def _recover(
     return journal, explain_index, billing, backlog
 
 
-def _refusal(config: ServeConfig, exc: Exception) -> str:
+def _refusal(config: ServeConfig, exc: Exception, *, snapshot_in_map: bool = False) -> str:
     """The line a start refused for `exc` logs: a damaged snapshot's says what the operator can do (it only shortens
-    the replay, and the dedupe segments no snapshot lists are deleted at the next open)."""
+    the replay, and the dedupe segments no snapshot lists are deleted at the next open). An earlier release's
+    snapshot (`snapshot_in_map`) has no file to move aside: the line gives the command that drops its database,
+    py-lmdb's tool run by this server's Python (lmdb is one of Tariff's dependencies); the next open makes it anew,
+    empty, as the server leaves it once a newer snapshot is saved."""
     if not isinstance(exc, SnapshotDamaged | SnapshotUnreadable):
         return str(exc)
-    aside = config.data_dir / "journal" / SNAPSHOT_FILE
+    journal = config.data_dir / "journal"
+    if snapshot_in_map:
+        drop = shlex.join([sys.executable, "-m", "lmdb", "drop", "-e", str(journal), SNAPSHOTS_DB_NAME])
+        return (
+            f"{exc}; it is an earlier release's snapshot, kept in the journal's `{SNAPSHOTS_DB_NAME}` database, not in "
+            f"a file; the journal keeps every record: drop that database (`{drop}`: the next start makes it anew, "
+            "empty) and the start replays all of it"
+        )
+    aside = journal / SNAPSHOT_FILE
     return f"{exc}; the journal keeps every record: move {aside} aside and the start replays all of it"
 
 

@@ -44,6 +44,7 @@ from server.pages_ahead import PagesAhead
 
 __all__ = [
     "FORMAT_VERSION",
+    "SNAPSHOTS_DB_NAME",
     "SNAPSHOT_FILE",
     "DedupeSegmentSave",
     "Journal",
@@ -68,7 +69,9 @@ FORMAT_VERSION = 2
 MIGRATABLE_FORMAT_VERSIONS = (b"1",)
 
 _RECORDS_DB = b"records"
-_SNAPSHOTS_DB = b"snapshots"
+# Where an earlier release kept its snapshot (read until a newer one is saved; a refusal names it, to drop it).
+SNAPSHOTS_DB_NAME = "snapshots"
+_SNAPSHOTS_DB = SNAPSHOTS_DB_NAME.encode("ascii")
 _META_DB = b"meta"
 _FORMAT_VERSION_KEY = b"format_version"
 
@@ -204,6 +207,18 @@ class Journal(Protocol):
         """(seq, blob, its dedupe segments oldest first, [] for none) of the newest snapshot, or None."""
         ...
 
+    def snapshot_seq(self) -> int | None:
+        """The newest snapshot's seq as read at open (the snapshot file's header; an earlier release's key in the map),
+        none of its state read; None when there is none, or it was disregarded."""
+        ...
+
+    def disregard_if_damaged(self) -> str | None:
+        """Why the newest snapshot's file, or a dedupe segment it lists, is missing or cut short (their sizes tell:
+        none of the state is read), or None. A damaged snapshot is disregarded from then on: loads answer None, so
+        a later recovery (the writer's rebuild) replays the whole journal too, until a save replaces it (and deletes
+        the segments it listed, as it does a replaced snapshot's)."""
+        ...
+
     def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         """Replace the snapshot. ValueError if seq > last_seq() or older than the current one, or for a segment that
         is no base when the current snapshot lists none. A list is the blob in parts, concatenated; each part leaves
@@ -309,8 +324,11 @@ class _SnapshotFile:
         self.seq: int | None = None
         # (number, bytes) of the segments the snapshot file lists, oldest first.
         self.segments: list[tuple[int, int]] = []
+        # The snapshot file's bytes as its header gives them: the header, its list of segments and the blob.
+        self._file_bytes = 0
         with contextlib.suppress(FileNotFoundError), open(self._path, "rb") as file:
-            self.seq, _, self.segments = snapshot_header(file, self._path)
+            self.seq, length, self.segments = snapshot_header(file, self._path)
+            self._file_bytes = file.tell() + length
         listed = {number for number, _ in self.segments}
         for path in directory.glob(f"{_SEGMENT_PREFIX}*"):
             if _segment_number(path) not in listed:
@@ -330,6 +348,25 @@ class _SnapshotFile:
         if len(blob) != length:
             raise SnapshotDamaged(f"{self._path} holds {len(blob)} of its {length} snapshot bytes")
         return seq, blob
+
+    def damage(self) -> str | None:
+        """Why the snapshot file or a segment it lists is cut short or missing, by their sizes; None when whole (or
+        when there is no snapshot file, as `load` finds)."""
+        try:
+            size = self._path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size < self._file_bytes:
+            return f"{self._path} holds {size} of its {self._file_bytes} bytes"
+        for number, length in self.segments:
+            path = self._segment_path(number)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return f"{self._path} lists the dedupe segment {path.name}, which is missing"
+            if size != length:
+                return f"{path} holds {size} of its {length} bytes"
+        return None
 
     def load_segments(self) -> list[Segment]:
         """The segments, each a read-only map of its file: read through the page cache, never copied onto the heap
@@ -394,6 +431,7 @@ class _SnapshotFile:
             raise
         if self._sync:
             _fsync_directory(self._path.parent)  # the rename itself must survive a crash
+        self._file_bytes = len(header) + length
         replaced = {number for number, _ in self.segments} - {number for number, _ in segments}
         self.segments = segments
         for number in sorted(replaced):
@@ -549,6 +587,7 @@ class LmdbJournal:
                     # An earlier release's snapshot, in the map: read until a newer one is saved.
                     self._stored_snapshot_seq = _seq_from_key(cursor.key()) if cursor.last() else None
             self._snapshot_file = _SnapshotFile(path, sync=sync)
+            self._snapshot_disregarded = False
         except BaseException:
             env.close()
             raise
@@ -623,6 +662,8 @@ class LmdbJournal:
 
     def load_snapshot(self) -> tuple[int, bytes] | None:
         env = self._require_env()
+        if self._snapshot_disregarded:
+            return None
         if self._file_is_newest():
             return self._snapshot_file.load()
         with env.begin(buffers=False) as txn, txn.cursor(db=self._snapshots_db) as cursor:
@@ -640,11 +681,31 @@ class LmdbJournal:
             return None
         return loaded[0], loaded[1], self._snapshot_file.load_segments() if self._file_is_newest() else []
 
+    def snapshot_seq(self) -> int | None:
+        self._require_env()
+        if self._snapshot_disregarded:
+            return None
+        return self._snapshot_file.seq if self._file_is_newest() else self._stored_snapshot_seq
+
+    def disregard_if_damaged(self) -> str | None:
+        self._require_env()
+        # An earlier release's snapshot, in the map, has no file to be cut short.
+        damage = self._snapshot_file.damage() if self._file_is_newest() and not self._snapshot_disregarded else None
+        self._snapshot_disregarded = self._snapshot_disregarded or damage is not None
+        return damage
+
+    def snapshot_in_map(self) -> bool:
+        """Whether the snapshot loads answer is an earlier release's, in the map's `snapshots` database: dropping
+        that database, not moving the snapshot file aside, starts without it."""
+        self._require_env()
+        return not self._snapshot_disregarded and not self._file_is_newest() and self._stored_snapshot_seq is not None
+
     def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         env = self._require_env()
         seqs = [s for s in (self._snapshot_file.seq, self._stored_snapshot_seq) if s is not None]
         _check_snapshot_seq(seq, self._last_seq, max(seqs, default=None))
         self._snapshot_file.save(seq, blob, segment)
+        self._snapshot_disregarded = False
         # Frees the reader slots of processes gone (a `tariff backup` killed in its read transaction): a slot kept
         # keeps every page freed after its transaction from reuse, and the map fills about 100 times faster.
         env.reader_check()
@@ -756,6 +817,15 @@ class MemoryJournal:
         with self._lock:
             self._require_open()
             return None if self._snapshot is None else (*self._snapshot, list(self._segments))
+
+    def snapshot_seq(self) -> int | None:
+        with self._lock:
+            self._require_open()
+            return None if self._snapshot is None else self._snapshot[0]
+
+    def disregard_if_damaged(self) -> str | None:
+        self._require_open()
+        return None  # held in memory: nothing is cut short or missing
 
     def save_snapshot(self, seq: int, blob: SnapshotBlob, segment: DedupeSegmentSave | None = None) -> None:
         with self._lock:

@@ -74,9 +74,13 @@ def recover_counting(
 ) -> tuple[Billing, Backlog]:
     """`recover`, and what it replayed after the snapshot (its Backlog)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
-    snapshot = _stored_snapshot(journal)
-    if explain_index is not None and snapshot is not None and explain_index.covered_seq() < snapshot[0]:
+    snapshot_seq = journal.snapshot_seq()
+    if explain_index is not None and snapshot_seq is not None and explain_index.covered_seq() < snapshot_seq:
+        # Decided from the seq alone: a snapshot the replay does not start from is neither read nor restored.
+        _disregard_if_damaged(journal, snapshot_seq, explain_index.covered_seq())
         snapshot = None
+    else:
+        snapshot = _stored_snapshot(journal)
     snapshot_bytes = 0
     if snapshot is not None:
         seq, blob, segments = snapshot
@@ -152,6 +156,22 @@ def _stored_snapshot(journal: Journal) -> tuple[int, bytes, list[Segment]] | Non
         return journal.load_segmented_snapshot()
     except SnapshotDamaged as exc:
         raise SnapshotUnreadable(str(exc)) from exc
+
+
+def _disregard_if_damaged(journal: Journal, seq: int, covered_seq: int) -> None:
+    """A snapshot the replay does not start from (the explain index is behind it), found damaged by its files'
+    sizes: a warning, and the journal disregards it until the next snapshot replaces it, so a later recovery (the
+    writer's rebuild, once the index has caught up) does not restore it either. Refusing the start for it would
+    stop a start that replays the whole journal anyway."""
+    damage = journal.disregard_if_damaged()
+    if damage is not None:
+        oplog.log.warning(
+            "the snapshot of seq %d is damaged and not used: %s; the explain index covers seq %d only, so the start "
+            "replays the whole journal, and the next snapshot replaces it",
+            seq,
+            damage,
+            covered_seq,
+        )
 
 
 def _replay_rerated(billing: Billing, seq: int, done: RerationDone, fired: list[FiredAlert]) -> None:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.journal import (
+    DedupeSegmentSave,
     Journal,
     JournalFormatError,
     JournalFull,
@@ -326,6 +327,96 @@ def test_lmdb_reads_the_snapshot_an_earlier_release_stored_in_the_map_until_a_ne
             assert list(txn.cursor(db=snapshots)) == []  # the earlier release's copy went with the save
     journal = LmdbJournal(path, map_size_bytes=4 * MiB)
     assert journal.load_snapshot() == (3, b"state@3")
+    journal.close()
+
+
+def test_an_earlier_releases_snapshot_in_the_map_gives_its_seq_is_never_found_damaged_and_is_said_to_be_there(
+    tmp_path: Path,
+) -> None:
+    """Its seq is the map's key, read at open; it has no file to be cut short; `snapshot_in_map` (the refusal's
+    advice: drop the database, not move a file aside) until a newer snapshot, a file, is saved."""
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b"), (3, b"c")])
+    journal.close()
+    _store_snapshot_as_an_earlier_release_did(path, 2, b"state@2, in the map")
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert (journal.snapshot_seq(), journal.disregard_if_damaged(), journal.snapshot_in_map()) == (2, None, True)
+    assert journal.load_snapshot() == (2, b"state@2, in the map")
+    journal.save_snapshot(3, b"state@3")
+    assert (journal.snapshot_seq(), journal.snapshot_in_map()) == (3, False)
+    journal.close()
+
+
+def test_snapshot_seq_is_the_stored_snapshots_and_a_whole_snapshot_is_not_disregarded(journal: Journal) -> None:
+    assert journal.snapshot_seq() is None and journal.disregard_if_damaged() is None
+    journal.commit([(1, b"a"), (2, b"b")])
+    journal.save_snapshot(2, b"state@2", DedupeSegmentSave([b"base"], base=True))
+    assert journal.disregard_if_damaged() is None
+    assert journal.snapshot_seq() == 2
+    loaded = journal.load_segmented_snapshot()
+    assert loaded is not None and (loaded[0], loaded[1], [bytes(segment) for segment in loaded[2]]) == (
+        2,
+        b"state@2",
+        [b"base"],
+    )
+
+
+def _cut_the_file(path: Path) -> str:
+    (path / "snapshot").write_bytes((path / "snapshot").read_bytes()[:-1])
+    return "snapshot holds "
+
+
+def _drop_the_segment(path: Path) -> str:
+    next(path.glob("segment.*")).unlink()
+    return "which is missing"
+
+
+def _lengthen_the_segment(path: Path) -> str:
+    segment = next(path.glob("segment.*"))
+    segment.write_bytes(segment.read_bytes() + b"!")
+    return f"{segment.name} holds 5 of its 4 bytes"
+
+
+@pytest.mark.parametrize("damage", [_cut_the_file, _drop_the_segment, _lengthen_the_segment])
+def test_lmdb_disregards_a_snapshot_its_files_sizes_find_damaged_until_a_save_replaces_it(
+    tmp_path: Path, damage: Callable[[Path], str]
+) -> None:
+    """Found by sizes alone (the state is not read): why, and from then on no snapshot (seq None, loads None) though
+    the file stays; a save replaces it and deletes the segment it listed."""
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a"), (2, b"b"), (3, b"c")])
+    journal.save_snapshot(2, b"state@2", DedupeSegmentSave([b"base"], base=True))
+    journal.close()
+    why = damage(path)
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert journal.snapshot_seq() == 2
+    damaged = journal.disregard_if_damaged()
+    assert damaged is not None and why in damaged, damaged
+    assert journal.snapshot_seq() is None and journal.load_segmented_snapshot() is None
+    assert journal.disregard_if_damaged() is None  # disregarded already
+    with pytest.raises(ValueError, match="older than the stored snapshot"):
+        journal.save_snapshot(1, b"state@1")
+    journal.save_snapshot(3, b"state@3", DedupeSegmentSave([b"base@3"], base=True))
+    assert journal.snapshot_seq() == 3
+    loaded = journal.load_segmented_snapshot()
+    assert loaded is not None and [bytes(segment) for segment in loaded[2]] == [b"base@3"]
+    assert len(list(path.glob("segment.*"))) == 1
+    journal.close()
+
+
+def test_lmdb_a_snapshot_file_longer_than_its_header_says_is_not_found_damaged(tmp_path: Path) -> None:
+    """As a load reads it: the blob's length from the header, what follows unread."""
+    path = tmp_path / "journal"
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    journal.commit([(1, b"a")])
+    journal.save_snapshot(1, b"state@1")
+    journal.close()
+    with open(path / "snapshot", "ab") as file:
+        file.write(b"past the blob")
+    journal = LmdbJournal(path, map_size_bytes=4 * MiB)
+    assert journal.disregard_if_damaged() is None and journal.load_snapshot() == (1, b"state@1")
     journal.close()
 
 

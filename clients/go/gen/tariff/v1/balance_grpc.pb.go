@@ -113,7 +113,8 @@ type BalanceServiceClient interface {
 	// an event or expired.
 	ReleaseReservation(ctx context.Context, in *ReleaseReservationRequest, opts ...grpc.CallOption) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
-	// the customer (usage, grants, contracts, holds: a hold, its release,
+	// the customer (usage, grants, contracts, SetTopUpPolicy on its
+	// contract, ClosePeriod of one of its periods, holds: a hold, its release,
 	// settlement or expiry), when a grant that starts later starts (its
 	// credit joins the balance then), and when a grant on which reservations
 	// hold credit expires (its remaining is 0 from then on, also when they
@@ -301,7 +302,8 @@ type BalanceServiceServer interface {
 	// an event or expired.
 	ReleaseReservation(context.Context, *ReleaseReservationRequest) (*ReleaseReservationResponse, error)
 	// The balance now, then again after every committed change that touches
-	// the customer (usage, grants, contracts, holds: a hold, its release,
+	// the customer (usage, grants, contracts, SetTopUpPolicy on its
+	// contract, ClosePeriod of one of its periods, holds: a hold, its release,
 	// settlement or expiry), when a grant that starts later starts (its
 	// credit joins the balance then), and when a grant on which reservations
 	// hold credit expires (its remaining is 0 from then on, also when they

@@ -712,7 +712,8 @@ export const BalanceService: GenService<{
   },
   /**
    * The balance now, then again after every committed change that touches
-   * the customer (usage, grants, contracts, holds: a hold, its release,
+   * the customer (usage, grants, contracts, SetTopUpPolicy on its
+   * contract, ClosePeriod of one of its periods, holds: a hold, its release,
    * settlement or expiry), when a grant that starts later starts (its
    * credit joins the balance then), and when a grant on which reservations
    * hold credit expires (its remaining is 0 from then on, also when they
