@@ -87,10 +87,10 @@ def copy_of(stopped: ServerProcess, tmp_path: Path) -> Path:
     return data_dir
 
 
-def serve_refused(data_dir: Path) -> tuple[int, list[str]]:
-    """`tariff serve` on `data_dir`, to completion: its exit status and the lines it wrote to stderr."""
+def serve_refused(data_dir: Path, *args: str) -> tuple[int, list[str]]:
+    """`tariff serve` on `data_dir` with `args`, to completion: its exit status and the lines it wrote to stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--listen", f"{HOST}:0", "--data-dir", str(data_dir), NO_INDEX],
+        [sys.executable, "-m", "server.cli", "serve", "--listen", f"{HOST}:0", "--data-dir", str(data_dir), *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -174,7 +174,7 @@ def test_a_damaged_snapshot_or_segment_is_refused_in_one_line_naming_the_file_an
     journal = data_dir / "journal"
     damaged = damage(journal)
     before = journal_files(data_dir)
-    status, lines = serve_refused(data_dir)
+    status, lines = serve_refused(data_dir, NO_INDEX)
     assert status == 2, lines
     assert len(lines) == 1, lines
     assert damaged.name in lines[0], lines[0]
@@ -226,7 +226,7 @@ def test_a_journal_of_a_newer_format_is_refused_in_one_line_naming_both_versions
     finally:
         env.close()
     before = journal_files(data_dir)
-    status, lines = serve_refused(data_dir)
+    status, lines = serve_refused(data_dir, NO_INDEX)
     assert status == 2 and len(lines) == 1, lines
     assert f"journal at {journal} has format version '3'; this Tariff reads only version 2" in lines[0], lines[0]
     assert journal_files(data_dir) == before
@@ -248,7 +248,7 @@ def test_another_programs_lmdb_environment_where_the_journal_goes_is_refused_in_
     finally:
         env.close()
     before = (journal / "data.mdb").read_bytes()
-    status, lines = serve_refused(tmp_path / "data")
+    status, lines = serve_refused(tmp_path / "data", NO_INDEX)
     assert status == 2 and len(lines) == 1, lines
     assert f"{journal} is not a Tariff journal" in lines[0], lines[0]
     assert (journal / "data.mdb").read_bytes() == before
@@ -557,6 +557,19 @@ def restart_with(server: ServerProcess, *args: str) -> None:
     server.start()
 
 
+def assert_a_restart_replays_nothing_and_every_id_stays_a_duplicate(server: ServerProcess) -> None:
+    """After a kill -9 once seq 9 (batches a of 4 events, b of 2) is in a snapshot: the restart replays nothing, both
+    batches sent again are all duplicates at seq 9, and acme's period charges stay 3."""
+    server.kill9()
+    restart_with(server)
+    assert start_line(server).endswith(" replayed_records=0 replayed_events=0"), start_line(server)
+    with server.client() as client:
+        for prefix, count in (("a", 4), ("b", 2)):
+            ack = client.usage.IngestUsageBatch(batch(prefix, count))
+            assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, count, 9), ack
+        assert str(client.get_balance("acme").period_charges) == "3"
+
+
 def test_ids_a_restart_replayed_are_in_the_next_snapshots_segment_so_a_start_from_it_keeps_them_duplicates(
     tmp_path: Path,
 ) -> None:
@@ -579,14 +592,7 @@ def test_ids_a_restart_replayed_are_in_the_next_snapshots_segment_so_a_start_fro
         with server.client() as client:
             assert client.usage.IngestUsageBatch(batch("b", 2)).journal_seq == 9
         wait_for_log(server, "snapshot seq=9 ", 15)
-        server.kill9()
-        restart_with(server)
-        assert start_line(server).endswith(" replayed_records=0 replayed_events=0"), start_line(server)
-        with server.client() as client:
-            for prefix, count in (("a", 4), ("b", 2)):
-                ack = client.usage.IngestUsageBatch(batch(prefix, count))
-                assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, count, 9), ack
-            assert str(client.get_balance("acme").period_charges) == "3"
+        assert_a_restart_replays_nothing_and_every_id_stays_a_duplicate(server)
     finally:
         server.stop()
 
@@ -734,13 +740,6 @@ def test_a_snapshot_the_disk_has_no_room_for_is_logged_as_such_and_the_next_due_
             full_while.unlink()
             assert client.usage.IngestUsageBatch(batch("b", 2)).journal_seq == 9
             wait_for_log(server, "snapshot seq=9 ", 15)
-        server.kill9()
-        restart_with(server)
-        assert start_line(server).endswith(" replayed_records=0 replayed_events=0"), start_line(server)
-        with server.client() as client:
-            for prefix, count in (("a", 4), ("b", 2)):
-                ack = client.usage.IngestUsageBatch(batch(prefix, count))
-                assert (ack.accepted, ack.duplicates, ack.journal_seq) == (0, count, 9), ack
-            assert str(client.get_balance("acme").period_charges) == "3"
+        assert_a_restart_replays_nothing_and_every_id_stays_a_duplicate(server)
     finally:
         server.stop()

@@ -33,7 +33,7 @@ from server.explain_index import ExplainIndex
 from server.journal import LmdbJournal
 from server.recovery import recover_counting
 from tests.audit_fixtures import serving
-from tests.serverproc import HOST, REPO_ROOT, ServerProcess
+from tests.serverproc import ServerProcess
 from tests.test_audit_archjournal_wire import (
     BATCHES,
     EVERY_RECORD,
@@ -49,6 +49,7 @@ from tests.test_audit_archjournal_wire import (
     ingest,
     journal_files,
     listed_segments,
+    serve_refused,
     start_line,
 )
 
@@ -63,19 +64,6 @@ def stopped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     for server in serving(ServerProcess(root / "data", demo=True, extra_args=EVERY_RECORD), ingest):
         assert server.terminate() == 0
         yield server
-
-
-def serve_refused(data_dir: Path, *args: str) -> tuple[int, list[str]]:
-    """`tariff serve` on `data_dir` with `args`, to completion: its exit status and the lines it wrote to stderr."""
-    done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--listen", f"{HOST}:0", "--data-dir", str(data_dir), *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    return done.returncode, [line for line in done.stderr.splitlines() if line.strip()]
 
 
 def assert_all_duplicates_and_acme_charged_5(server: ServerProcess) -> None:
