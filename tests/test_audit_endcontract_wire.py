@@ -13,6 +13,7 @@ period keeps that monthly end)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,3 +228,22 @@ def test_a_switch_ends_the_old_contract_and_starts_the_next_at_its_end(server: S
             ["3"],
         )
         assert new.total_due == "3.00"
+
+
+def test_the_cli_ends_a_contract_and_says_why_it_refuses(server: ServerProcess) -> None:
+    """`tariff contracts end e8 --at H + 1 h`: the table shows the new end, `--json` the contract (a retry: the same);
+    `--at` an hour ago exits 1 with FAILED_PRECONDITION; an unknown contract exits 1 with NOT_FOUND naming it."""
+    from tests.test_cli import table_rows, tariff
+
+    h = this_hour_ms()
+    with server.client() as client:
+        contract(client, "end8", "e8", month_start(h, -1))
+    at_text = iso(h + HOUR_MS)
+    shown = table_rows(tariff(server, "contracts", "end", "e8", "--at", at_text).stdout)
+    assert ["ends before", at_text.replace("T", " ")] in shown
+    answer = json.loads(tariff(server, "contracts", "end", "e8", "--at", at_text, "--json").stdout)
+    assert (answer["id"], answer["ending_before"]) == ("e8", at_text)
+    past = tariff(server, "contracts", "end", "e8", "--at", iso(h - HOUR_MS), check=False)
+    assert past.returncode == 1 and past.stderr.startswith("tariff: FAILED_PRECONDITION:"), past.stderr
+    unknown = tariff(server, "contracts", "end", "nobody", "--at", at_text, check=False)
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "nobody" in unknown.stderr, unknown.stderr
