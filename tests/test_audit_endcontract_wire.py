@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tariff import TariffClient
-from tariff.v1 import contracts_pb2, pricing_pb2, usage_pb2
+from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
 from tests.audit_fixtures import HOUR_MS, preview, refusal, serving, this_hour_ms
@@ -247,3 +247,17 @@ def test_the_cli_ends_a_contract_and_says_why_it_refuses(server: ServerProcess) 
     assert past.returncode == 1 and past.stderr.startswith("tariff: FAILED_PRECONDITION:"), past.stderr
     unknown = tariff(server, "contracts", "end", "nobody", "--at", at_text, check=False)
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "nobody" in unknown.stderr, unknown.stderr
+
+
+def test_a_watcher_of_the_customer_gets_its_balance_again_after_the_end(server: ServerProcess) -> None:
+    """WatchBalance of `end9` sends the current balance, then, once `e9`'s end at H + 1 h commits, the balance again
+    with that record's later as_of_seq (an end is a change of the customer, as an override is)."""
+    h = this_hour_ms()
+    with server.client() as client:
+        contract(client, "end9", "e9", month_start(h, -1))
+        call = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="end9"), timeout=30)
+        stream = iter(call)
+        first = next(stream)
+        end(client, "e9", h + HOUR_MS)
+        assert next(stream).as_of_seq > first.as_of_seq
+        call.cancel()
