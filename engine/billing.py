@@ -150,6 +150,7 @@ class Billing(PublishSteps, BillingReads):
         self.engine.period_adjustments = self._adjustments
         self.engine.period_read = self._period_read
         self.engine.kernel_recorded = self._kernel_recorded
+        self.engine.hours_recorded = self._hours_recorded
 
     @property
     def last_seq(self) -> int:
@@ -599,7 +600,7 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
     match command:
         case cmd.CreateCustomer(id=customer_id):
             return customer_id
-        case cmd.CreateContract() | cmd.AddOverride() | cmd.GrantCredits():
+        case cmd.CreateContract() | cmd.AddOverride() | cmd.EndContract() | cmd.GrantCredits():
             assert isinstance(result, Contract | Grant)
             return result.customer_id
         case cmd.ClosePeriod():

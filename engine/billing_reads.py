@@ -18,6 +18,7 @@ from engine.explain import Line
 from engine.instants import iso
 from engine.invoices import CreditWanted, KernelAdjustment, LineAdjustment, PeriodRead
 from engine.ledger import GrantKind
+from engine.ratecard import HOUR_MS
 from engine.rerate import Simulation, simulate
 
 if TYPE_CHECKING:
@@ -68,6 +69,14 @@ class BillingReads:
         in the order recorded): a close keeps them, so revenue tells what came after it in journal order."""
         top_ups = sum(1 for made in self.kernel.made_grants(customer_id) if made[1] == GrantKind.TOP_UP)
         return top_ups, len(self.kernel.breakage(customer_id))
+
+    def _hours_recorded(self, customer_id: str) -> list[int]:
+        """The first instants (Unix ms) of the hours in which the kernel holds usage of the customer (its hour
+        buckets): EndContract refuses an end before usage already recorded."""
+        found = self.kernel.usage(customer_id)
+        if found is None:
+            return []
+        return sorted({hour * HOUR_MS for hour, _product, _dimensions, _usages in found[1]})
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""

@@ -220,6 +220,17 @@ class AddOverride(msgspec.Struct, frozen=True, tag="add_override", omit_defaults
     applied_audited: bool = False
 
 
+class EndContract(msgspec.Struct, frozen=True, tag="end_contract"):
+    """Sets (or moves) a contract's ending_before (engine/customers.py `_end_contract`; the usage it checks for is the
+    kernel's, engine/billing.py). A command kind of its own, new with its rules: no record of an earlier release
+    holds one, so it needs no server-set field."""
+
+    at_ms: int
+    actor: str
+    contract_id: str
+    ending_before_ms: int
+
+
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
@@ -516,6 +527,7 @@ AdminCommand = (
     | PublishVersion
     | CreateContract
     | AddOverride
+    | EndContract
     | GrantCredits
     | RollbackRateCard
     | CreateAlert

@@ -1,6 +1,8 @@
-"""Customers, their contracts and contract overrides: CreateCustomer, CreateContract, AddOverride."""
+"""Customers, their contracts and contract overrides: CreateCustomer, CreateContract, AddOverride, EndContract."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import msgspec
 
@@ -18,9 +20,17 @@ from engine.control import (
     numbered_contract_id,
     shared_int,
 )
-from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
+from engine.errors import (
+    MADE_BY_ANOTHER_REQUEST,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitReached,
+    Repeated,
+)
+from engine.instants import iso
 from engine.money import parse_decimal
-from engine.ratecard import RateCard, normalize_match
+from engine.ratecard import HOUR_MS, RateCard, normalize_match
 
 # Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
 # frozen, its attributes never changed in place.
@@ -28,6 +38,10 @@ NO_ATTRIBUTES: dict[str, str] = {}
 
 
 class CustomerCommands(ControlPlane):
+    # The hours (their first instant, Unix ms) in which the kernel holds usage of a customer (engine/billing.py sets
+    # it): a class default, so the Engine dataclass keeps its fields. EndContract reads it.
+    hours_recorded: Callable[[str], list[int]] | None = None
+
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
         check_applied_id(c.id, "id")
         check_text_map(c.attributes, "attributes")
@@ -151,6 +165,52 @@ class CustomerCommands(ControlPlane):
         contract.overrides = (*contract.overrides, o)
         self._remember(key, print_)
         return contract
+
+    def _end_contract(self, c: cmd.EndContract) -> Contract:
+        """Sets (or moves) the contract's end, within contracts.proto EndContract's rules, checked in its order;
+        Repeated when the contract already ends there (a retry)."""
+        contract = self.contract(c.contract_id)
+        end_ms = c.ending_before_ms
+        if end_ms <= contract.starting_at_ms:
+            raise InvalidArgument.field("ending_before", "must be after starting_at")
+        if contract.ending_before_ms == end_ms:
+            raise Repeated(contract)
+        held_ms = contract.ending_before_ms
+        if held_ms is not None and held_ms <= c.at_ms:
+            raise FailedPrecondition(
+                f"contract {contract.id!r} has already ended, at {iso(held_ms)}: an end that has passed is not moved"
+            )
+        if end_ms < c.at_ms:
+            raise FailedPrecondition(
+                f"contract {contract.id!r} cannot end at {iso(end_ms)}, before now ({iso(c.at_ms)}): "
+                "periods already billed stay as they are"
+            )
+        for other in self.contracts_of(contract.customer_id):
+            if other.id != contract.id and other.overlaps(contract.starting_at_ms, end_ms):
+                raise FailedPrecondition(
+                    f"contract {contract.id!r} cannot end at {iso(end_ms)}: customer {contract.customer_id!r} "
+                    f"has contract {other.id!r} in that time"
+                )
+        self._check_no_usage_from(contract, end_ms)
+        contract.ending_before_ms = end_ms
+        return contract
+
+    def _check_no_usage_from(self, contract: Contract, end_ms: int) -> None:
+        """FAILED_PRECONDITION naming the latest hour holding usage of the contract at or after `end_ms`: usage is kept
+        by the hour, so an hour holding the new end off the hour counts whole (which of its units came before the end
+        is not known). Events dated ahead of the clock (within --future-skew-s) can be there."""
+        assert self.hours_recorded is not None, "the engine reads the kernel's hours through it (engine/billing.py)"
+        held_end = contract.ending_before_ms if contract.ending_before_ms is not None else 2**63
+        hours = [
+            hour
+            for hour in self.hours_recorded(contract.customer_id)
+            if hour + HOUR_MS > max(end_ms, contract.starting_at_ms) and hour < held_end
+        ]
+        if hours:
+            raise FailedPrecondition(
+                f"contract {contract.id!r} cannot end at {iso(end_ms)}: usage is recorded under it in the hour "
+                f"from {iso(max(hours))}, at or after that end (an hour's usage counts whole)"
+            )
 
 
 # Overrides a contract holds at most: each is read where its contract's usage is priced, and GetContract and

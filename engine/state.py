@@ -103,6 +103,8 @@ class Engine(
                 return contract
             case cmd.AddOverride():
                 return self._add_override(command)
+            case cmd.EndContract():
+                return self._end_contract(command)
             case cmd.GrantCredits():
                 return self._grant_credits(command)
             case cmd.RollbackRateCard():

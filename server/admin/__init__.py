@@ -13,6 +13,7 @@ import click
 from server.admin.alerts import alerts
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
+from server.admin.contracts import contracts
 from server.admin.credits import grants, release, reserve, topup
 from server.admin.customers import customers
 from server.admin.explain import explain
@@ -40,6 +41,7 @@ COMMANDS: tuple[click.Command, ...] = (
     revenue,
     grants,
     topup,
+    contracts,
     reserve,
     release,
 )

@@ -198,6 +198,18 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         return self._sent_contract(contract.id, f"override {override_id(command)!r} was added")
 
     @unary
+    async def EndContract(self, request: contracts_pb2.EndContractRequest, context: Context) -> contracts_pb2.Contract:
+        """Sets (or moves) the contract's end (contracts.proto EndContract); the engine holds the rules that read
+        the contract, and the kernel's usage (engine/customers.py `_end_contract`)."""
+        check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
+        end_ms = convert.optional_ms(request, "ending_before")
+        if end_ms is None:
+            raise InvalidArgument.field("ending_before", "is required: the contract's new end")
+        command = cmd.EndContract(self.clock_ms(), actor_of(context), request.contract_id, end_ms)
+        contract = await self._apply(command, Contract)
+        return self._sent_contract(contract.id, f"contract {contract.id!r} was ended")
+
+    @unary
     async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
         grant_of = request.grant
         if grant_of.customer_id:

@@ -232,3 +232,11 @@ class SetTopUpPolicyRequest(_message.Message):
     contract_id: str
     top_up: TopUpPolicy
     def __init__(self, contract_id: _Optional[str] = ..., top_up: _Optional[_Union[TopUpPolicy, _Mapping]] = ...) -> None: ...
+
+class EndContractRequest(_message.Message):
+    __slots__ = ("contract_id", "ending_before")
+    CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDING_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    contract_id: str
+    ending_before: _timestamp_pb2.Timestamp
+    def __init__(self, contract_id: _Optional[str] = ..., ending_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -74,6 +74,11 @@ class ContractServiceStub:
                 request_serializer=tariff_dot_v1_dot_contracts__pb2.SetTopUpPolicyRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
                 _registered_method=True)
+        self.EndContract = channel.unary_unary(
+                '/tariff.v1.ContractService/EndContract',
+                request_serializer=tariff_dot_v1_dot_contracts__pb2.EndContractRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
+                _registered_method=True)
 
 
 class ContractServiceServicer:
@@ -155,6 +160,34 @@ class ContractServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndContract(self, request, context):
+        """Ends a contract: sets its ending_before (or moves it), so that a customer
+        who churns or moves to another plan mid-contract stops being billed under
+        it. Key: the contract and the end: a retry, or any request naming the end
+        the contract has, answers the contract as it is and changes nothing; a
+        request naming another end moves it, within the rules below. An unknown
+        contract_id is NOT_FOUND (see the top of this file). ending_before is
+        required and held to CreateContract's rules (the time bounds, what finer
+        than a millisecond is dropped, after starting_at): INVALID_ARGUMENT naming
+        ending_before otherwise. FAILED_PRECONDITION, nothing changed, when the
+        contract has already ended (its ending_before is at or before the
+        request's time: an end that has passed is never moved), when the new end
+        is before the request's time (no retroactive end: periods and invoices
+        already billed stay as they are), when usage is already recorded under the
+        contract in an hour ending after the new end (usage is kept by the hour, so
+        an hour holding the new end off the hour counts whole; events dated ahead
+        of the clock, within --future-skew-s, can be there: the message names the
+        latest such hour), or when a later end would overlap another contract of
+        the customer (the message names it). Usage dated at or after the end is
+        then the next contract's, or NO_ACTIVE_CONTRACT; usage dated before it,
+        late arrivals included, still counts. The last period keeps its monthly
+        end, as for a contract created with ending_before. The change is journaled
+        and in the audit log (action EndContract, target contract/<id>).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContractServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +229,11 @@ def add_ContractServiceServicer_to_server(servicer, server):
             'SetTopUpPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTopUpPolicy,
                     request_deserializer=tariff_dot_v1_dot_contracts__pb2.SetTopUpPolicyRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_contracts__pb2.Contract.SerializeToString,
+            ),
+            'EndContract': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndContract,
+                    request_deserializer=tariff_dot_v1_dot_contracts__pb2.EndContractRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_contracts__pb2.Contract.SerializeToString,
             ),
     }
@@ -414,6 +452,33 @@ class ContractService:
             target,
             '/tariff.v1.ContractService/SetTopUpPolicy',
             tariff_dot_v1_dot_contracts__pb2.SetTopUpPolicyRequest.SerializeToString,
+            tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndContract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.ContractService/EndContract',
+            tariff_dot_v1_dot_contracts__pb2.EndContractRequest.SerializeToString,
             tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
             options,
             channel_credentials,

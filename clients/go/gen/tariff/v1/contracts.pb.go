@@ -855,8 +855,9 @@ type Contract struct {
 	RateCardId string                 `protobuf:"bytes,3,opt,name=rate_card_id,json=rateCardId,proto3" json:"rate_card_id,omitempty"`
 	// Billing periods are monthly, anchored on starting_at (UTC).
 	StartingAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
-	// Unset: open-ended. Set only at creation: a switch to another contract is
-	// planned by ending this one here and starting the next from here. The last
+	// Unset: open-ended. Set at creation, or later by EndContract (which may
+	// also move it): a switch to another contract is planned by ending this one
+	// here and starting the next from here. The last
 	// period keeps its monthly end (it is closed once that has passed). The
 	// contract is in force from starting_at up to but not at ending_before,
 	// which must be after starting_at (at least a millisecond, what finer is
@@ -1492,6 +1493,61 @@ func (x *SetTopUpPolicyRequest) GetTopUp() *TopUpPolicy {
 	return nil
 }
 
+type EndContractRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required; the contract to end (see the top of this file).
+	ContractId string `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
+	// Required: the contract's new end, at or after the request's time, after
+	// its starting_at (see EndContract).
+	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndContractRequest) Reset() {
+	*x = EndContractRequest{}
+	mi := &file_tariff_v1_contracts_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndContractRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndContractRequest) ProtoMessage() {}
+
+func (x *EndContractRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_contracts_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndContractRequest.ProtoReflect.Descriptor instead.
+func (*EndContractRequest) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_contracts_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *EndContractRequest) GetContractId() string {
+	if x != nil {
+		return x.ContractId
+	}
+	return ""
+}
+
+func (x *EndContractRequest) GetEndingBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndingBefore
+	}
+	return nil
+}
+
 var File_tariff_v1_contracts_proto protoreflect.FileDescriptor
 
 const file_tariff_v1_contracts_proto_rawDesc = "" +
@@ -1611,7 +1667,11 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\x15SetTopUpPolicyRequest\x12\x1f\n" +
 	"\vcontract_id\x18\x01 \x01(\tR\n" +
 	"contractId\x12-\n" +
-	"\x06top_up\x18\x02 \x01(\v2\x16.tariff.v1.TopUpPolicyR\x05topUp*E\n" +
+	"\x06top_up\x18\x02 \x01(\v2\x16.tariff.v1.TopUpPolicyR\x05topUp\"v\n" +
+	"\x12EndContractRequest\x12\x1f\n" +
+	"\vcontract_id\x18\x01 \x01(\tR\n" +
+	"contractId\x12?\n" +
+	"\rending_before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\fendingBefore*E\n" +
 	"\rOveragePolicy\x12\x1e\n" +
 	"\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ALLOW\x10\x01\x12\t\n" +
@@ -1622,7 +1682,7 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\vPROMOTIONAL\x10\x02\x12\f\n" +
 	"\bROLLOVER\x10\x03\x12\n" +
 	"\n" +
-	"\x06TOP_UP\x10\x042\xcb\x04\n" +
+	"\x06TOP_UP\x10\x042\x8e\x05\n" +
 	"\x0fContractService\x12G\n" +
 	"\x0eCreateCustomer\x12 .tariff.v1.CreateCustomerRequest\x1a\x13.tariff.v1.Customer\x12A\n" +
 	"\vGetCustomer\x12\x1d.tariff.v1.GetCustomerRequest\x1a\x13.tariff.v1.Customer\x12R\n" +
@@ -1631,7 +1691,8 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\vGetContract\x12\x1d.tariff.v1.GetContractRequest\x1a\x13.tariff.v1.Contract\x12A\n" +
 	"\vAddOverride\x12\x1d.tariff.v1.AddOverrideRequest\x1a\x13.tariff.v1.Contract\x12@\n" +
 	"\fGrantCredits\x12\x1e.tariff.v1.GrantCreditsRequest\x1a\x10.tariff.v1.Grant\x12G\n" +
-	"\x0eSetTopUpPolicy\x12 .tariff.v1.SetTopUpPolicyRequest\x1a\x13.tariff.v1.ContractB\xa0\x01\n" +
+	"\x0eSetTopUpPolicy\x12 .tariff.v1.SetTopUpPolicyRequest\x1a\x13.tariff.v1.Contract\x12A\n" +
+	"\vEndContract\x12\x1d.tariff.v1.EndContractRequest\x1a\x13.tariff.v1.ContractB\xa0\x01\n" +
 	"\rcom.tariff.v1B\x0eContractsProtoP\x01Z:github.com/tariff/tariff/clients/go/gen/tariff/v1;tariffv1\xa2\x02\x03TXX\xaa\x02\tTariff.V1\xca\x02\tTariff\\V1\xe2\x02\x15Tariff\\V1\\GPBMetadata\xea\x02\n" +
 	"Tariff::V1b\x06proto3"
 
@@ -1648,7 +1709,7 @@ func file_tariff_v1_contracts_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_contracts_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tariff_v1_contracts_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_tariff_v1_contracts_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_tariff_v1_contracts_proto_goTypes = []any{
 	(OveragePolicy)(0),            // 0: tariff.v1.OveragePolicy
 	(GrantKind)(0),                // 1: tariff.v1.GrantKind
@@ -1666,56 +1727,60 @@ var file_tariff_v1_contracts_proto_goTypes = []any{
 	(*Grant)(nil),                 // 13: tariff.v1.Grant
 	(*GrantCreditsRequest)(nil),   // 14: tariff.v1.GrantCreditsRequest
 	(*SetTopUpPolicyRequest)(nil), // 15: tariff.v1.SetTopUpPolicyRequest
-	nil,                           // 16: tariff.v1.Customer.AttributesEntry
-	nil,                           // 17: tariff.v1.CreateCustomerRequest.AttributesEntry
-	nil,                           // 18: tariff.v1.PriceOverride.MatchEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*EndContractRequest)(nil),    // 16: tariff.v1.EndContractRequest
+	nil,                           // 17: tariff.v1.Customer.AttributesEntry
+	nil,                           // 18: tariff.v1.CreateCustomerRequest.AttributesEntry
+	nil,                           // 19: tariff.v1.PriceOverride.MatchEntry
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_tariff_v1_contracts_proto_depIdxs = []int32{
-	16, // 0: tariff.v1.Customer.attributes:type_name -> tariff.v1.Customer.AttributesEntry
-	19, // 1: tariff.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
-	17, // 2: tariff.v1.CreateCustomerRequest.attributes:type_name -> tariff.v1.CreateCustomerRequest.AttributesEntry
+	17, // 0: tariff.v1.Customer.attributes:type_name -> tariff.v1.Customer.AttributesEntry
+	20, // 1: tariff.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
+	18, // 2: tariff.v1.CreateCustomerRequest.attributes:type_name -> tariff.v1.CreateCustomerRequest.AttributesEntry
 	2,  // 3: tariff.v1.ListCustomersResponse.customers:type_name -> tariff.v1.Customer
-	18, // 4: tariff.v1.PriceOverride.match:type_name -> tariff.v1.PriceOverride.MatchEntry
-	19, // 5: tariff.v1.PriceOverride.starting_at:type_name -> google.protobuf.Timestamp
-	19, // 6: tariff.v1.PriceOverride.ending_before:type_name -> google.protobuf.Timestamp
-	19, // 7: tariff.v1.Contract.starting_at:type_name -> google.protobuf.Timestamp
-	19, // 8: tariff.v1.Contract.ending_before:type_name -> google.protobuf.Timestamp
+	19, // 4: tariff.v1.PriceOverride.match:type_name -> tariff.v1.PriceOverride.MatchEntry
+	20, // 5: tariff.v1.PriceOverride.starting_at:type_name -> google.protobuf.Timestamp
+	20, // 6: tariff.v1.PriceOverride.ending_before:type_name -> google.protobuf.Timestamp
+	20, // 7: tariff.v1.Contract.starting_at:type_name -> google.protobuf.Timestamp
+	20, // 8: tariff.v1.Contract.ending_before:type_name -> google.protobuf.Timestamp
 	7,  // 9: tariff.v1.Contract.overrides:type_name -> tariff.v1.PriceOverride
 	13, // 10: tariff.v1.Contract.grants:type_name -> tariff.v1.Grant
 	0,  // 11: tariff.v1.Contract.overage_policy:type_name -> tariff.v1.OveragePolicy
 	8,  // 12: tariff.v1.Contract.top_up:type_name -> tariff.v1.TopUpPolicy
-	19, // 13: tariff.v1.CreateContractRequest.starting_at:type_name -> google.protobuf.Timestamp
-	19, // 14: tariff.v1.CreateContractRequest.ending_before:type_name -> google.protobuf.Timestamp
+	20, // 13: tariff.v1.CreateContractRequest.starting_at:type_name -> google.protobuf.Timestamp
+	20, // 14: tariff.v1.CreateContractRequest.ending_before:type_name -> google.protobuf.Timestamp
 	0,  // 15: tariff.v1.CreateContractRequest.overage_policy:type_name -> tariff.v1.OveragePolicy
 	7,  // 16: tariff.v1.AddOverrideRequest.override:type_name -> tariff.v1.PriceOverride
 	1,  // 17: tariff.v1.Grant.kind:type_name -> tariff.v1.GrantKind
-	19, // 18: tariff.v1.Grant.starts_at:type_name -> google.protobuf.Timestamp
-	19, // 19: tariff.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 20: tariff.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	20, // 18: tariff.v1.Grant.starts_at:type_name -> google.protobuf.Timestamp
+	20, // 19: tariff.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 20: tariff.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
 	13, // 21: tariff.v1.GrantCreditsRequest.grant:type_name -> tariff.v1.Grant
 	8,  // 22: tariff.v1.SetTopUpPolicyRequest.top_up:type_name -> tariff.v1.TopUpPolicy
-	3,  // 23: tariff.v1.ContractService.CreateCustomer:input_type -> tariff.v1.CreateCustomerRequest
-	4,  // 24: tariff.v1.ContractService.GetCustomer:input_type -> tariff.v1.GetCustomerRequest
-	5,  // 25: tariff.v1.ContractService.ListCustomers:input_type -> tariff.v1.ListCustomersRequest
-	10, // 26: tariff.v1.ContractService.CreateContract:input_type -> tariff.v1.CreateContractRequest
-	11, // 27: tariff.v1.ContractService.GetContract:input_type -> tariff.v1.GetContractRequest
-	12, // 28: tariff.v1.ContractService.AddOverride:input_type -> tariff.v1.AddOverrideRequest
-	14, // 29: tariff.v1.ContractService.GrantCredits:input_type -> tariff.v1.GrantCreditsRequest
-	15, // 30: tariff.v1.ContractService.SetTopUpPolicy:input_type -> tariff.v1.SetTopUpPolicyRequest
-	2,  // 31: tariff.v1.ContractService.CreateCustomer:output_type -> tariff.v1.Customer
-	2,  // 32: tariff.v1.ContractService.GetCustomer:output_type -> tariff.v1.Customer
-	6,  // 33: tariff.v1.ContractService.ListCustomers:output_type -> tariff.v1.ListCustomersResponse
-	9,  // 34: tariff.v1.ContractService.CreateContract:output_type -> tariff.v1.Contract
-	9,  // 35: tariff.v1.ContractService.GetContract:output_type -> tariff.v1.Contract
-	9,  // 36: tariff.v1.ContractService.AddOverride:output_type -> tariff.v1.Contract
-	13, // 37: tariff.v1.ContractService.GrantCredits:output_type -> tariff.v1.Grant
-	9,  // 38: tariff.v1.ContractService.SetTopUpPolicy:output_type -> tariff.v1.Contract
-	31, // [31:39] is the sub-list for method output_type
-	23, // [23:31] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	20, // 23: tariff.v1.EndContractRequest.ending_before:type_name -> google.protobuf.Timestamp
+	3,  // 24: tariff.v1.ContractService.CreateCustomer:input_type -> tariff.v1.CreateCustomerRequest
+	4,  // 25: tariff.v1.ContractService.GetCustomer:input_type -> tariff.v1.GetCustomerRequest
+	5,  // 26: tariff.v1.ContractService.ListCustomers:input_type -> tariff.v1.ListCustomersRequest
+	10, // 27: tariff.v1.ContractService.CreateContract:input_type -> tariff.v1.CreateContractRequest
+	11, // 28: tariff.v1.ContractService.GetContract:input_type -> tariff.v1.GetContractRequest
+	12, // 29: tariff.v1.ContractService.AddOverride:input_type -> tariff.v1.AddOverrideRequest
+	14, // 30: tariff.v1.ContractService.GrantCredits:input_type -> tariff.v1.GrantCreditsRequest
+	15, // 31: tariff.v1.ContractService.SetTopUpPolicy:input_type -> tariff.v1.SetTopUpPolicyRequest
+	16, // 32: tariff.v1.ContractService.EndContract:input_type -> tariff.v1.EndContractRequest
+	2,  // 33: tariff.v1.ContractService.CreateCustomer:output_type -> tariff.v1.Customer
+	2,  // 34: tariff.v1.ContractService.GetCustomer:output_type -> tariff.v1.Customer
+	6,  // 35: tariff.v1.ContractService.ListCustomers:output_type -> tariff.v1.ListCustomersResponse
+	9,  // 36: tariff.v1.ContractService.CreateContract:output_type -> tariff.v1.Contract
+	9,  // 37: tariff.v1.ContractService.GetContract:output_type -> tariff.v1.Contract
+	9,  // 38: tariff.v1.ContractService.AddOverride:output_type -> tariff.v1.Contract
+	13, // 39: tariff.v1.ContractService.GrantCredits:output_type -> tariff.v1.Grant
+	9,  // 40: tariff.v1.ContractService.SetTopUpPolicy:output_type -> tariff.v1.Contract
+	9,  // 41: tariff.v1.ContractService.EndContract:output_type -> tariff.v1.Contract
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_contracts_proto_init() }
@@ -1733,7 +1798,7 @@ func file_tariff_v1_contracts_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_contracts_proto_rawDesc), len(file_tariff_v1_contracts_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -150,6 +150,7 @@ const (
 	ContractService_AddOverride_FullMethodName    = "/tariff.v1.ContractService/AddOverride"
 	ContractService_GrantCredits_FullMethodName   = "/tariff.v1.ContractService/GrantCredits"
 	ContractService_SetTopUpPolicy_FullMethodName = "/tariff.v1.ContractService/SetTopUpPolicy"
+	ContractService_EndContract_FullMethodName    = "/tariff.v1.ContractService/EndContract"
 )
 
 // ContractServiceClient is the client API for ContractService service.
@@ -192,6 +193,29 @@ type ContractServiceClient interface {
 	// already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
 	// set (or cleared), so that a policy can always be stopped.
 	SetTopUpPolicy(ctx context.Context, in *SetTopUpPolicyRequest, opts ...grpc.CallOption) (*Contract, error)
+	// Ends a contract: sets its ending_before (or moves it), so that a customer
+	// who churns or moves to another plan mid-contract stops being billed under
+	// it. Key: the contract and the end: a retry, or any request naming the end
+	// the contract has, answers the contract as it is and changes nothing; a
+	// request naming another end moves it, within the rules below. An unknown
+	// contract_id is NOT_FOUND (see the top of this file). ending_before is
+	// required and held to CreateContract's rules (the time bounds, what finer
+	// than a millisecond is dropped, after starting_at): INVALID_ARGUMENT naming
+	// ending_before otherwise. FAILED_PRECONDITION, nothing changed, when the
+	// contract has already ended (its ending_before is at or before the
+	// request's time: an end that has passed is never moved), when the new end
+	// is before the request's time (no retroactive end: periods and invoices
+	// already billed stay as they are), when usage is already recorded under the
+	// contract in an hour ending after the new end (usage is kept by the hour, so
+	// an hour holding the new end off the hour counts whole; events dated ahead
+	// of the clock, within --future-skew-s, can be there: the message names the
+	// latest such hour), or when a later end would overlap another contract of
+	// the customer (the message names it). Usage dated at or after the end is
+	// then the next contract's, or NO_ACTIVE_CONTRACT; usage dated before it,
+	// late arrivals included, still counts. The last period keeps its monthly
+	// end, as for a contract created with ending_before. The change is journaled
+	// and in the audit log (action EndContract, target contract/<id>).
+	EndContract(ctx context.Context, in *EndContractRequest, opts ...grpc.CallOption) (*Contract, error)
 }
 
 type contractServiceClient struct {
@@ -282,6 +306,16 @@ func (c *contractServiceClient) SetTopUpPolicy(ctx context.Context, in *SetTopUp
 	return out, nil
 }
 
+func (c *contractServiceClient) EndContract(ctx context.Context, in *EndContractRequest, opts ...grpc.CallOption) (*Contract, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Contract)
+	err := c.cc.Invoke(ctx, ContractService_EndContract_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ContractServiceServer is the server API for ContractService service.
 // All implementations must embed UnimplementedContractServiceServer
 // for forward compatibility.
@@ -322,6 +356,29 @@ type ContractServiceServer interface {
 	// already take it past the limit: RESOURCE_EXHAUSTED saying the policy was
 	// set (or cleared), so that a policy can always be stopped.
 	SetTopUpPolicy(context.Context, *SetTopUpPolicyRequest) (*Contract, error)
+	// Ends a contract: sets its ending_before (or moves it), so that a customer
+	// who churns or moves to another plan mid-contract stops being billed under
+	// it. Key: the contract and the end: a retry, or any request naming the end
+	// the contract has, answers the contract as it is and changes nothing; a
+	// request naming another end moves it, within the rules below. An unknown
+	// contract_id is NOT_FOUND (see the top of this file). ending_before is
+	// required and held to CreateContract's rules (the time bounds, what finer
+	// than a millisecond is dropped, after starting_at): INVALID_ARGUMENT naming
+	// ending_before otherwise. FAILED_PRECONDITION, nothing changed, when the
+	// contract has already ended (its ending_before is at or before the
+	// request's time: an end that has passed is never moved), when the new end
+	// is before the request's time (no retroactive end: periods and invoices
+	// already billed stay as they are), when usage is already recorded under the
+	// contract in an hour ending after the new end (usage is kept by the hour, so
+	// an hour holding the new end off the hour counts whole; events dated ahead
+	// of the clock, within --future-skew-s, can be there: the message names the
+	// latest such hour), or when a later end would overlap another contract of
+	// the customer (the message names it). Usage dated at or after the end is
+	// then the next contract's, or NO_ACTIVE_CONTRACT; usage dated before it,
+	// late arrivals included, still counts. The last period keeps its monthly
+	// end, as for a contract created with ending_before. The change is journaled
+	// and in the audit log (action EndContract, target contract/<id>).
+	EndContract(context.Context, *EndContractRequest) (*Contract, error)
 	mustEmbedUnimplementedContractServiceServer()
 }
 
@@ -355,6 +412,9 @@ func (UnimplementedContractServiceServer) GrantCredits(context.Context, *GrantCr
 }
 func (UnimplementedContractServiceServer) SetTopUpPolicy(context.Context, *SetTopUpPolicyRequest) (*Contract, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetTopUpPolicy not implemented")
+}
+func (UnimplementedContractServiceServer) EndContract(context.Context, *EndContractRequest) (*Contract, error) {
+	return nil, status.Error(codes.Unimplemented, "method EndContract not implemented")
 }
 func (UnimplementedContractServiceServer) mustEmbedUnimplementedContractServiceServer() {}
 func (UnimplementedContractServiceServer) testEmbeddedByValue()                         {}
@@ -521,6 +581,24 @@ func _ContractService_SetTopUpPolicy_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ContractService_EndContract_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EndContractRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContractServiceServer).EndContract(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContractService_EndContract_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContractServiceServer).EndContract(ctx, req.(*EndContractRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ContractService_ServiceDesc is the grpc.ServiceDesc for ContractService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -559,6 +637,10 @@ var ContractService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetTopUpPolicy",
 			Handler:    _ContractService_SetTopUpPolicy_Handler,
+		},
+		{
+			MethodName: "EndContract",
+			Handler:    _ContractService_EndContract_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
