@@ -21,7 +21,16 @@ running period's, in the future, which its draft already shows as expired) or ac
 batches a period that has ended is closed: ClosePeriod's invoice must equal the oracle's invoice of the period
 then, its events are PERIOD_CLOSED from then on, and at the end GetInvoice, PreviewInvoice and ClosePeriod
 again answer it unchanged, while ClosePeriod of the running period or of an instant inside a period is refused
-as documented. Not modelled: rollover grants, retroactive publishes.
+as documented.
+
+Half the worlds also end their contract (EndContract, up to 4 times, between batches): at ends drawn from now (a
+retroactive one, one a moment ahead), from the coming hour boundaries (on them and off them), from the timestamps
+of usage sent ahead of the clock (the server runs with --future-skew-s 3600: a millisecond before, at, after one,
+its hour, the next hour) or the end the contract has (a retry), some after the end held has passed. Each answer
+(taken, a retry, or INVALID_ARGUMENT / FAILED_PRECONDITION for the documented cause, the usage refusal naming the
+latest hour the oracle has usage in) and the end GetContract shows must be the oracle's, for any instant between
+the moments before and after the call; usage dated at or after the end is NO_ACTIVE_CONTRACT, and GetBalance has no
+current period once the contract has ended. Not modelled: rollover grants, retroactive publishes.
 
 One server for the module; every example uses ids, event types, transaction and reservation ids of its own
 prefix, so that no example sees another's. Short budget by default; TARIFF_WIRE_EXAMPLES raises it (make soak).
