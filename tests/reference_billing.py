@@ -39,6 +39,7 @@ from server.records import decode_record
 CONTEXT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
 PICO = Decimal(1).scaleb(-12)
 NEVER_MS = 2**62
+HOUR_MS = 3_600_000
 
 
 class Unsupported(Exception):
@@ -491,6 +492,8 @@ class ReferenceBilling:
 # products per event with the event's refunds and charges netted, grants with priorities, expiries and
 # applicability. Plain data in, exact Decimals inside, picos out. Calendar-month periods (contracts start at
 # 00:00 UTC on the 1st), or monthly periods anchored on the contract's start (`period_anchor_ms`), some closed.
+# The contract may end (`end_contract`, contracts.proto EndContract): usage dated at or after its end is
+# NO_ACTIVE_CONTRACT, and an end is refused by the documented rules, usage being recorded by the hour.
 
 RATING = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN)
 VALUE_LIMIT = Decimal(10) ** 15
@@ -705,6 +708,7 @@ class ReferenceRating:
         dedupe_window_ms: int = 35 * 24 * 3_600_000,
         timeline: list[tuple[int, list[RRate]]] | None = None,
         period_anchor_ms: int | None = None,
+        contract_end_ms: int | None = None,
     ) -> None:
         self.products = products
         self.rates = rates
@@ -729,6 +733,37 @@ class ReferenceRating:
         # periods closed (ClosePeriod): their events are rejected PERIOD_CLOSED.
         self.period_anchor_ms = period_anchor_ms
         self.closed: set[Period] = set()
+        # The contract's ending_before (None: open-ended), and the first instants of the hours holding usage of it:
+        # an accepted event that feeds at least one product records its hour (EndContract reads those).
+        self.contract_end_ms = contract_end_ms
+        self.hours_recorded: set[int] = set()
+
+    def in_force(self, ts_ms: int) -> bool:
+        """Whether the contract prices usage dated ts_ms: from its start up to, not at, its end."""
+        return self.contract_start_ms <= ts_ms and (self.contract_end_ms is None or ts_ms < self.contract_end_ms)
+
+    def end_contract(self, end_ms: int, at_ms: int) -> tuple[str, int | None]:
+        """EndContract of the contract at `end_ms`, requested at `at_ms`, by contracts.proto's rules in the order
+        they are checked: ("ended", None) when taken, ("repeated", None) when the contract already ends there (a retry,
+        nothing changed); refused, nothing changed: ("after starting_at", None) for an end at or before the start
+        (INVALID_ARGUMENT), ("already ended", None) when the end held has passed, ("before now", None) for a
+        retroactive end, ("usage", hour) when usage is recorded in an hour ending after the new end, before the end
+        held (`hour` the latest such hour's first instant: an hour holding the new end counts whole)."""
+        if end_ms <= self.contract_start_ms:
+            return "after starting_at", None
+        if end_ms == self.contract_end_ms:
+            return "repeated", None
+        held_ms = self.contract_end_ms
+        if held_ms is not None and held_ms <= at_ms:
+            return "already ended", None
+        if end_ms < at_ms:
+            return "before now", None
+        held_end = NEVER_MS if held_ms is None else held_ms
+        hours = [h for h in self.hours_recorded if h + HOUR_MS > end_ms and h < held_end]
+        if hours:
+            return "usage", max(hours)
+        self.contract_end_ms = end_ms
+        return "ended", None
 
     def period(self, ts_ms: int) -> tuple[Period, int, int]:
         """(name, start ms, end ms) of the billing period holding ts_ms."""
@@ -751,7 +786,7 @@ class ReferenceRating:
         prior = self.accepted.get(event.transaction_id)
         if prior is not None and received_ms - prior[0] < self.dedupe_window_ms:
             return "duplicate" if prior[1] == content else "DUPLICATE_CONFLICT"
-        if event.timestamp_ms < self.contract_start_ms:
+        if not self.in_force(event.timestamp_ms):
             return "NO_ACTIVE_CONTRACT"
         if self.period(event.timestamp_ms)[0] in self.closed:
             return "PERIOD_CLOSED"
@@ -759,6 +794,8 @@ class ReferenceRating:
         if isinstance(plans, str):
             return plans
         self._settle(event, plans)
+        if plans:
+            self.hours_recorded.add(event.timestamp_ms // HOUR_MS * HOUR_MS)
         self.accepted[event.transaction_id] = (received_ms, content)
         return "accepted"
 
@@ -945,6 +982,8 @@ class ReferenceRating:
 
     def authorize(self, event: REvent) -> tuple[bool, str, int]:
         """(allowed, reason, estimated cost in picos) for usage at the event's time; changes nothing."""
+        if not self.in_force(event.timestamp_ms):
+            return (False, "NO_ACTIVE_CONTRACT", 0)
         plans = self._plan(event)
         if isinstance(plans, str):
             return (False, "INVALID_REQUEST" if plans == "INVALID_EVENT" else plans, 0)
@@ -1244,7 +1283,7 @@ class ReferenceCredits(ReferenceRating):
         outcome = self._invalid(event, received_ms) or self._dedupe(event, received_ms)
         rateable = (
             event.customer_id == self.customer_id
-            and event.timestamp_ms >= self.contract_start_ms
+            and self.in_force(event.timestamp_ms)
             and self.period(event.timestamp_ms)[0] not in self.closed
         )
         if outcome == "" and event.reservation_id and rateable and isinstance(self._plan(event), list):

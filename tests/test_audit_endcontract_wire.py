@@ -261,3 +261,35 @@ def test_a_watcher_of_the_customer_gets_its_balance_again_after_the_end(server: 
         end(client, "e9", h + HOUR_MS)
         assert next(stream).as_of_seq > first.as_of_seq
         call.cancel()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by tests/test_stateful_credits.py's end_contract rule: EndContract takes an end before the start "
+    "of a grant with a rollover fraction, whose start then lies in no contract: the grant never rolls over nor "
+    "breaks (contracts.proto rollover_fraction: its start must lie in a contract, a billing period to end)",
+)
+def test_an_end_before_a_rolling_grants_start_is_refused_so_that_the_grant_keeps_a_period_to_roll_over_at(
+    server: ServerProcess,
+) -> None:
+    """`e10` from S, open-ended; grant `g10` of 10 credits naming it, rollover_fraction 0.5, starting at H + 2 h (in
+    e10's time, as GrantCredits requires of a grant that rolls over: contracts.proto rollover_fraction). Ending e10
+    at H + 1 h would leave g10's start in no contract, so no billing period for it to roll over at the end of
+    (GrantCredits refuses such a grant FAILED_PRECONDITION, granting nothing): refused FAILED_PRECONDITION naming
+    g10, nothing changed (GetContract and the audit log as they were). An end at H + 3 h, after g10's start, is
+    taken."""
+    h = this_hour_ms()
+    with server.client() as client:
+        contract(client, "end10", "e10", month_start(h, -1))
+        grant = contracts_pb2.Grant(
+            id="g10",
+            contract_id="e10",
+            kind=contracts_pb2.PROMOTIONAL,
+            amount="10",
+            rollover_fraction="0.5",
+            starts_at=stamp(h + 2 * HOUR_MS),
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        code, message = refused(client, "e10", h + HOUR_MS)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "g10" in message, (code, message)
+        assert end(client, "e10", h + 3 * HOUR_MS).ending_before.ToMilliseconds() == h + 3 * HOUR_MS

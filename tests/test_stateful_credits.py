@@ -20,9 +20,14 @@ holds, top-ups, breakage"), nothing negative, and the kernel's due index matches
 and every fifth step a snapshot's encode -> restore gives the same kernel state bytes and balances. At the end,
 replaying the records from scratch gives those bytes too.
 
+Contracts end too (EndContract, at ends drawn from now, from the latest usage sent, which may be minutes ahead, from
+an hour boundary or February's start, on and off them): each answer is the oracle's (taken, a retry, or the refusal
+and the hour it names), usage dated at or after the end is NO_ACTIVE_CONTRACT, and a balance read once the contract
+has ended has no current period.
+
 Not modelled (the oracle has no rules for them, so no rule does them): invoices' contents, a version effective before
-usage already rated (re-rating), overrides, a contract's end or a second contract, and ids the kernel forgets after
-the 35-day dedupe window (the run stays within it).
+usage already rated (re-rating), overrides, a second contract, and ids the kernel forgets after the 35-day dedupe
+window (the run stays within it).
 
 TARIFF_STATEFUL_EXAMPLES raises the budget (e.g. 2000 for a hunt).
 """
@@ -34,11 +39,14 @@ import dataclasses
 import decimal
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import event as statistic
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from tariff.v1 import balance_pb2, usage_pb2
@@ -47,7 +55,7 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing, Ingested
 from engine.contracts import OveragePolicy
-from engine.errors import AlreadyExists, FailedPrecondition, NotFound, Repeated
+from engine.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Repeated
 from engine.ledger import GrantKind
 from engine.products import Aggregation
 from engine.ratecard import TierMode
@@ -415,16 +423,20 @@ class Credits(RuleBasedStateMachine):
             if expires_in is None
             else max(self.now, starts) + int(expires_in)
         )
-        self.run(
-            cmd.GrantCredits(
-                self.now, ACTOR, grant_id, customer, f"k-{customer}", GrantKind.PREPAID, amount, paid, priority,
-                products, starts, expires, fraction,
-                use_ends_at_rollover=True, paid_at_picos=True, made_ids_refused=True,
-                rollover_start_in_contract=True, expiring_at_rollover_rolls=True, applied_audited=True,
-                grants_bounded=True,
-            )
+        command = cmd.GrantCredits(
+            self.now, ACTOR, grant_id, customer, f"k-{customer}", GrantKind.PREPAID, amount, paid, priority,
+            products, starts, expires, fraction,
+            use_ends_at_rollover=True, paid_at_picos=True, made_ids_refused=True,
+            rollover_start_in_contract=True, expiring_at_rollover_rolls=True, applied_audited=True,
+            grants_bounded=True,
         )  # fmt: skip
         oracle = self.oracles[customer]
+        if fraction and Decimal(fraction) > 0 and not oracle.in_force(starts):
+            # contracts.proto GrantCredits: a grant that rolls over must start in a contract's time (its end).
+            with pytest.raises(FailedPrecondition, match="rollover_fraction"):
+                self.run(command)
+            return
+        self.run(command)
         made = RGrant(grant_id, Decimal(amount) * PICOS, priority, products, starts, expires, self.grants)
         made.remaining = made.amount
         self.paid[grant_id] = Decimal(paid)
@@ -601,6 +613,59 @@ class Credits(RuleBasedStateMachine):
         )  # fmt: skip
         oracle.closed.add((2026, 1))
 
+    # Contract ends ---------------------------------------------------------------------------------------
+
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        at=st.sampled_from(["now", "sent", "hour", "hour", "feb", "start", "again"]),
+        offset=st.sampled_from([0, 0, 1, -1, 2 * MINUTE_MS, 10 * MINUTE_MS, HOUR_MS, 3 * HOUR_MS]),
+    )
+    def end_contract(self, customer: str, at: str, offset: int) -> None:
+        """EndContract of the customer's contract (contracts.proto), its end drawn from now, from the latest usage
+        sent for the customer (some dated up to minutes ahead), from the next hour boundary, from February's start,
+        the contract's start, or the end it has: taken, a retry, or refused, each as the oracle's rules say, nothing
+        changed by a refusal."""
+        self.catch_up()
+        oracle = self.oracles[customer]
+        sent = [e.timestamp_ms for e in self.sent if e.customer_id == customer]
+        base = {
+            "now": self.now,
+            "sent": max(sent, default=self.now),
+            "hour": -(-self.now // HOUR_MS) * HOUR_MS,
+            "feb": FEB_MS,
+            "start": EPOCH_MS,
+            "again": oracle.contract_end_ms if oracle.contract_end_ms is not None else self.now,
+        }[at]
+        end_ms = base + (0 if at == "again" else offset)
+        if any(g.starts_at_ms >= end_ms for g in oracle.grants if g.id in oracle.rollover):
+            # The server takes such an end, leaving the grant's start in no contract: it then never rolls over
+            # (tests/test_audit_endcontract_wire.py, the xfail test of a rolling grant's start); not drawn until that
+            # is settled.
+            statistic("end skipped: before a rolling grant's start")
+            return
+        expected = oracle.end_contract(end_ms, self.now)
+        command = cmd.EndContract(self.now, ACTOR, f"k-{customer}", end_ms)
+        got: tuple[str, int | None]
+        try:
+            self.run_fresh(command)
+            got = ("ended", None)
+        except Repeated:
+            got = ("repeated", None)
+        except InvalidArgument as exc:
+            assert "ending_before" in str(exc), exc
+            got = ("after starting_at", None)
+        except FailedPrecondition as exc:
+            got = end_refusal(str(exc))
+        assert got == expected, (customer, at, offset, end_ms, self.now, got, expected)
+        statistic(f"end {at}: {got[0]}")
+        held = self.billing.engine.contract(f"k-{customer}").ending_before_ms
+        assert held == oracle.contract_end_ms, (held, oracle.contract_end_ms)
+
+    def run_fresh(self, command: cmd.AdminCommand) -> None:
+        """`run`, but a Repeated raised (EndContract answers one of its own)."""
+        self.billing.apply(command, self.billing.last_seq + 1)
+        self.records.append(command)
+
     # Time ------------------------------------------------------------------------------------------------
 
     @rule(step=st.sampled_from([500, 1_000, 30_000, HOUR_MS, DAY_MS, 9 * DAY_MS, "feb-1ms", "feb", "feb+1ms"]))
@@ -715,6 +780,8 @@ def check_balance(
         )
     assert got == expected, (customer_id, got, expected)
     period = oracle.period(now_ms)[0]
+    # With no contract in force now (it has ended), there is no current period: its charges and overage are 0.
+    in_force = oracle.in_force(now_ms)
     # balance.proto: credits_remaining sums started, unexpired grants' remaining (their holds in it), plus what
     # holds take from grants expired since; credits_available is that less everything held.
     held_total = sum((oracle.held(g.id) for g in oracle.grants), start=Decimal(0))
@@ -722,16 +789,27 @@ def check_balance(
         (g.remaining for g in oracle.grants if g.starts_at_ms <= now_ms and not expired(g, now_ms)), start=Decimal(0)
     )
     available = remaining
-    overage = oracle.overage.get(period, Decimal(0))
+    overage = oracle.overage.get(period, Decimal(0)) if in_force else Decimal(0)
     _, overage_price = POLICIES[customer_id]
     assert (view.remaining, view.held, view.available, view.period_charges, view.overage, view.overage_due) == (
         int(available + held_total),
         int(held_total),
         int(available),
-        int(oracle.charges.get(period, Decimal(0))),
+        int(oracle.charges.get(period, Decimal(0))) if in_force else 0,
         int(overage),
         RATING.multiply(overage, Decimal(overage_price)) / PICOS,
     ), customer_id
+
+
+def end_refusal(message: str) -> tuple[str, int | None]:
+    """An EndContract refusal (FAILED_PRECONDITION) in ReferenceRating.end_contract's terms, read from its message."""
+    hour = re.search(r"in the hour from (\S+), at or after that end", message)
+    if hour:
+        return "usage", round(datetime.fromisoformat(hour.group(1).replace("Z", "+00:00")).timestamp() * 1000)
+    for kind, says in (("already ended", "has already ended"), ("before now", "before now")):
+        if says in message:
+            return kind, None
+    raise AssertionError(f"EndContract refused for no documented reason: {message}")
 
 
 def expired(grant: RGrant, now_ms: int) -> bool:

@@ -21,7 +21,16 @@ running period's, in the future, which its draft already shows as expired) or ac
 batches a period that has ended is closed: ClosePeriod's invoice must equal the oracle's invoice of the period
 then, its events are PERIOD_CLOSED from then on, and at the end GetInvoice, PreviewInvoice and ClosePeriod
 again answer it unchanged, while ClosePeriod of the running period or of an instant inside a period is refused
-as documented. Not modelled: rollover grants, retroactive publishes.
+as documented.
+
+Half the worlds also end their contract (EndContract, up to 4 times, between batches): at ends drawn from now (a
+retroactive one, one a moment ahead), from the coming hour boundaries (on them and off them), from the timestamps
+of usage sent ahead of the clock (the server runs with --future-skew-s 3600: a millisecond before, at, after one,
+its hour, the next hour) or the end the contract has (a retry), some after the end held has passed. Each answer
+(taken, a retry, or INVALID_ARGUMENT / FAILED_PRECONDITION for the documented cause, the usage refusal naming the
+latest hour the oracle has usage in) and the end GetContract shows must be the oracle's, for any instant between
+the moments before and after the call; usage dated at or after the end is NO_ACTIVE_CONTRACT, and GetBalance has no
+current period once the contract has ended. Not modelled: rollover grants, retroactive publishes.
 
 One server for the module; every example uses ids, event types, transaction and reservation ids of its own
 prefix, so that no example sees another's. Short budget by default; TARIFF_WIRE_EXAMPLES raises it (make soak).
@@ -86,13 +95,18 @@ PROFILE = settings(
 PAST_EXPIRY_MS = EPOCH_MS + 20 * DAY_MS
 FUTURE_EXPIRY_MS = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp()) * 1000
 MINOR = Decimal("0.01")  # USD's minor unit
+# The server's --future-skew-s: "soon" events, up to 51 minutes ahead, are taken (and may lie after an end
+# requested now); "future" ones, two hours ahead, are not.
+FUTURE_SKEW_MS = HOUR_MS
 _EXAMPLE_NUMBERS = itertools.count()
 
 
 @dataclass(frozen=True)
 class WireEvent:
     """One of the kernel test's events, and when it is dated: "" as generated (January and February 2026),
-    "recent" (minutes before it is sent: the current period) or "future" (two hours after: out of range)."""
+    "recent" (minutes before it is sent: the current period), "soon" (1 to 51 minutes after it is sent: ahead of
+    the clock, within the server's --future-skew-s, so that a contract's end can come before, at or after it) or
+    "future" (two hours after: out of range)."""
 
     event: REvent
     when: str
@@ -167,6 +181,29 @@ class WireScenario:
     anchored: bool = False
     # Per batch: the start of a period that has ended, closed (ClosePeriod) right after the batch's ack, or None.
     closes: tuple[int | None, ...] = ()
+    # EndContract of the contract, in order, each before the batch it names (after the last: len(batches)).
+    ends: tuple[EndStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class EndStep:
+    """EndContract of the example's contract, requested before batch `before_batch`, at an end drawn relative to
+    the time it is requested (`end_at`):
+    "start": the contract's start plus `offset_ms` (0 or an hour before: INVALID_ARGUMENT; a millisecond after:
+    retroactive); "past": `offset_ms` before now; "soon": `offset_ms` after now; "hour": the start of the hour
+    `hours` after the current one, plus `offset_ms` (on the hour, a millisecond, 10 minutes or all but a
+    millisecond into it); "usage": the timestamp of a "soon" event sent so far (the `hours`-th, cycling) plus
+    `offset_ms` (a millisecond before, at, a millisecond after, an hour before); "usage-hour": the start of that
+    event's hour, plus `offset_ms` (the hour itself, or the next one); "again": the end the contract has (a
+    retry). Without a "soon" event sent, "usage" kinds are "hour"s; without an end, "again" is one. `wait`: first
+    until the end the contract has passes, when it is within two seconds (so that an end that has passed is
+    requested to move, and later usage comes after it)."""
+
+    before_batch: int
+    kind: str
+    hours: int
+    offset_ms: int
+    wait: bool = False
 
 
 @st.composite
@@ -257,7 +294,7 @@ def renamed(usage: REvent, model: str) -> REvent:
 
 @st.composite
 def wire_events(draw: st.DrawFn, index: int, model: str) -> WireEvent:
-    when = draw(st.sampled_from(["", "", "", "", "", "", "recent", "future"]))
+    when = draw(st.sampled_from(["", "", "", "", "", "", "recent", "soon", "soon", "future"]))
     usage = renamed(draw(events(index)), model)
     # Some settle a hold (r0, r1), or name one never made (r9).
     reservation_id = draw(st.sampled_from(["", "", "", "", "", "r0", "r1", "r9"]))
@@ -429,9 +466,42 @@ def calendar_scenarios(draw: st.DrawFn) -> WireScenario:
         holds=draw(holds(model)),
         crash=draw(st.sampled_from([""] * 10 + ["setup", "usage"])),
         batches=batches,
+        ends=draw(end_steps(len(batches))),
         streamed=tuple(draw(st.booleans()) for _ in batches),
         probe=probe,
     )
+
+
+MINUTE_MS = 60_000
+END_OFFSETS = {
+    "start": [0, -HOUR_MS, 1],
+    "past": [1_000, MINUTE_MS, HOUR_MS, 3 * DAY_MS],
+    "soon": [200, 1_500],
+    "hour": [0, 0, 1, 10 * MINUTE_MS, HOUR_MS - 1],
+    "usage": [-1, 0, 0, 1, -HOUR_MS],
+    "usage-hour": [0, HOUR_MS],
+    "again": [0],
+}
+
+
+@st.composite
+def end_steps(draw: st.DrawFn, batches: int) -> tuple[EndStep, ...]:
+    """Half the examples end their contract, up to 4 times (an end moved, retried, refused)."""
+    if draw(st.booleans()):
+        return ()
+    steps = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["start", "past", "soon", "hour", "hour", "usage", "usage", "usage-hour", "again"]))
+        steps.append(
+            EndStep(
+                draw(st.integers(0, batches)),
+                kind,
+                draw(st.integers(0, 2)),
+                draw(st.sampled_from(END_OFFSETS[kind])),
+                draw(st.integers(0, 2)) == 0,
+            )
+        )
+    return tuple(sorted(steps, key=lambda step: step.before_batch))
 
 
 # Writing the world over the wire ----------------------------------------------------------------------------------
@@ -660,6 +730,7 @@ def build_oracle(scenario: WireScenario) -> ReferenceCredits:
         top_up=None if t is None else RTopUp(t.threshold * PICOS, t.recharge_to * PICOS, t.max_per_period),
         timeline=None if scenario.second is None else [(EPOCH_MS, rates), second_timeline_entry(scenario)],
         period_anchor_ms=scenario.contract_start_ms if scenario.anchored else None,
+        future_skew_ms=FUTURE_SKEW_MS,
     )
 
 
@@ -696,9 +767,15 @@ def now_ms() -> int:
 
 
 def dated(wire: WireEvent, sent_ms: int) -> REvent:
-    """The event with its timestamp as sent: "recent" minutes before sent_ms, "future" two hours after."""
+    """The event with its timestamp as sent: "recent" minutes before sent_ms, "soon" minutes after (within the
+    skew), "future" two hours after."""
     offset = int(wire.event.timestamp_ms - EPOCH_MS) % (50 * 60_000)
-    at_ms = {"": wire.event.timestamp_ms, "recent": sent_ms - offset, "future": sent_ms + 2 * HOUR_MS}[wire.when]
+    at_ms = {
+        "": wire.event.timestamp_ms,
+        "recent": sent_ms - offset,
+        "soon": sent_ms + MINUTE_MS + offset,
+        "future": sent_ms + 2 * HOUR_MS,
+    }[wire.when]
     return dataclasses.replace(wire.event, timestamp_ms=at_ms)
 
 
@@ -754,6 +831,8 @@ def ingest(
     the scenario closes once the acks before are checked."""
     index = 0
     closes = [*scenario.closes, *[None] * len(scenario.batches)]
+    soon: list[int] = []  # the timestamps of the "soon" events sent so far, for the ends drawn from them
+    ending = {step.before_batch for step in scenario.ends}
     while index < len(scenario.batches):
         run = 1
         while (
@@ -761,10 +840,14 @@ def ingest(
             and index + run < len(scenario.batches)
             and scenario.streamed[index + run]
             and closes[index + run - 1] is None
+            and index + run not in ending
         ):
             run += 1
+        end_contract_before(client, scenario, oracle, names, index, soon)
         sent_ms = now_ms()
         batches = [[dated(e, sent_ms) for e in batch] for batch in scenario.batches[index : index + run]]
+        for batch, drawn in zip(batches, scenario.batches[index : index + run], strict=True):
+            soon += [e.timestamp_ms for e, wire in zip(batch, drawn, strict=True) if wire.when == "soon"]
         requests = [
             usage_pb2.UsageBatch(batch_id=names(f"b{index + n}"), events=[to_wire(e, names) for e in batch])
             for n, batch in enumerate(batches)
@@ -775,9 +858,102 @@ def ingest(
             acks = [client.usage.IngestUsageBatch(requests[0])]
         assert len(acks) == len(batches)
         for ack, batch in zip(acks, batches, strict=True):
-            yield ack, batch, [oracle.ingest_reserving(e, sent_ms) for e in batch]
+            answers = [oracle.ingest_reserving(e, sent_ms) for e in batch]
+            for e, (outcome, _) in zip(batch, answers, strict=True):
+                if e.timestamp_ms > sent_ms and outcome in ("accepted", "NO_ACTIVE_CONTRACT"):
+                    ended = oracle.contract_end_ms is not None and e.timestamp_ms >= oracle.contract_end_ms
+                    event(f"usage ahead of the clock {outcome}" + (", after the end" if ended else ""))
+            yield ack, batch, answers
         close_after(client, scenario, oracle, names, closed, index + run - 1)
         index += run
+    end_contract_before(client, scenario, oracle, names, len(scenario.batches), soon)
+
+
+def end_at(step: EndStep, oracle: ReferenceCredits, now: int, soon: list[int]) -> int:
+    """The end `step` names when requested at `now` (see EndStep)."""
+    kind = step.kind
+    if (kind.startswith("usage") and not soon) or (kind == "again" and oracle.contract_end_ms is None):
+        kind = "hour"
+    match kind:
+        case "start":
+            return oracle.contract_start_ms + step.offset_ms
+        case "past":
+            return now - step.offset_ms
+        case "soon":
+            return now + step.offset_ms
+        case "usage":
+            return soon[step.hours % len(soon)] + step.offset_ms
+        case "usage-hour":
+            return soon[step.hours % len(soon)] // HOUR_MS * HOUR_MS + step.offset_ms
+        case "again":
+            assert oracle.contract_end_ms is not None
+            return oracle.contract_end_ms
+    offset = step.offset_ms if step.kind == "hour" else 0
+    return (now // HOUR_MS + step.hours) * HOUR_MS + offset
+
+
+EndOutcome = tuple[str, int | None]  # as ReferenceRating.end_contract answers
+
+
+def end_outcome(client: TariffClient, request: contracts_pb2.EndContractRequest, held: int | None) -> EndOutcome:
+    """What the server answered EndContract, in the oracle's terms (a refusal's kind read from its message)."""
+    try:
+        answer = client.contracts.EndContract(request)
+    except TariffError as exc:
+        code, details = exc.code, exc.details
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "ending_before" in details:
+            return "after starting_at", None
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, details)
+        hour = re.search(r"in the hour from (\S+), at or after that end", details)
+        if hour:
+            return "usage", iso_ms(hour.group(1))
+        for kind, says in (("already ended", "has already ended"), ("before now", "before now")):
+            if says in details:
+                return kind, None
+        raise AssertionError(f"EndContract refused for no documented reason: {details}") from exc
+    end_ms = ms_of(request.ending_before)
+    assert answer.HasField("ending_before") and ms_of(answer.ending_before) == end_ms, answer
+    return ("repeated" if end_ms == held else "ended"), None
+
+
+def end_contract_before(
+    client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names, index: int, soon: list[int]
+) -> None:
+    """The EndContract steps before batch `index`: each answer (taken, a retry, or the refusal and the hour it
+    names) is the oracle's for the request's time, which lies between the instants before and after the call (when
+    the two would answer differently, either is taken, and the oracle follows the server); GetContract then shows
+    the end the oracle holds."""
+    for step in (s for s in scenario.ends if s.before_batch == index):
+        held = oracle.contract_end_ms
+        if step.wait and held is not None and 0 <= held - now_ms() <= 2_000:
+            time.sleep((held - now_ms() + 20) / 1000)
+            event("end: waited for the end held to pass")
+        before = now_ms()
+        end_ms = end_at(step, oracle, before, soon)
+        request = contracts_pb2.EndContractRequest(contract_id=names("k"), ending_before=stamp(end_ms))
+        got = end_outcome(client, request, held)
+        after = now_ms()
+        expected = set()
+        for at_ms in (before, after):
+            expected.add(oracle.end_contract(end_ms, at_ms))
+            oracle.contract_end_ms = held  # end_contract takes an end it allows: taken below, as the server did
+        assert got in expected, (step, end_ms, got, expected)
+        event(f"end {step.kind}: {got[0]}" + (" (either)" if len(expected) > 1 else ""))
+        if got[0] == "ended":
+            oracle.contract_end_ms = end_ms
+        contract = client.contracts.GetContract(contracts_pb2.GetContractRequest(id=names("k")))
+        shown = ms_of(contract.ending_before) if contract.HasField("ending_before") else None
+        assert shown == oracle.contract_end_ms, (step, shown, oracle.contract_end_ms)
+
+
+def settled_now(oracle: ReferenceCredits) -> int:
+    """Now, once the contract's end is not within the next few seconds: a read made then is on one side of it."""
+    now = now_ms()
+    end_ms = oracle.contract_end_ms
+    if end_ms is not None and now - 50 <= end_ms <= now + 5_000:
+        time.sleep((end_ms - now + 50) / 1000)
+        now = now_ms()
+    return now
 
 
 NOTICES = {
@@ -805,8 +981,12 @@ def check_ack(ack: usage_pb2.IngestAck, batch: list[REvent], answers: list[Outco
 
 
 def check_balance(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
+    now = settled_now(oracle)
     balance = client.get_balance(names("acme"))
-    period = oracle.period(now_ms())[0]
+    period = oracle.period(now)[0]
+    # With no contract in force now (it has ended), there is no current period: its totals are "0", unset bounds.
+    in_force = oracle.in_force(now)
+    assert balance.HasField("period_start") == balance.HasField("period_end") == in_force, balance
     got = {
         names.strip(g.grant_id): (
             read(g.amount),
@@ -834,7 +1014,7 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
             credits(held),
         )
     assert got == expected
-    overage = credits(oracle.overage.get(period, Decimal(0)))
+    overage = credits(oracle.overage.get(period, Decimal(0))) if in_force else Decimal(0)
     available = sum((g.remaining for g in oracle.grants), start=Decimal(0))
     held = sum((oracle.held(g.id) for g in oracle.grants), start=Decimal(0))
     assert (
@@ -848,7 +1028,7 @@ def check_balance(client: TariffClient, scenario: WireScenario, oracle: Referenc
         credits(available + held),
         credits(held),
         credits(available),
-        credits(oracle.charges.get(period, Decimal(0))),
+        credits(oracle.charges.get(period, Decimal(0))) if in_force else Decimal(0),
         overage,
         overage * scenario.overage_price,
     )
@@ -994,16 +1174,18 @@ def close_after(
 
 
 def check_close_refusals(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
-    """ClosePeriod of the running period is FAILED_PRECONDITION saying when it ends; of an instant a third or two
-    thirds into the first period, INVALID_ARGUMENT naming period_start and the nearest period start (its own,
-    or the next one's); nothing closed."""
-    _, start_ms, end_ms = oracle.period(now_ms())
-    request = invoices_pb2.ClosePeriodRequest(customer_id=names("acme"), period_start=stamp(start_ms))
-    with pytest.raises(TariffError) as running:
-        client.invoices.ClosePeriod(request)
-    ends = re.search(r"ends at (\S+?),", running.value.details)
-    assert running.value.code == grpc.StatusCode.FAILED_PRECONDITION and ends, running.value.details
-    assert iso_ms(ends.group(1)) == end_ms, running.value.details
+    """ClosePeriod of the running period is FAILED_PRECONDITION saying when it ends (its monthly end, the contract
+    ended within it or not; no period runs once the contract has ended before the current one would start); of an
+    instant a third or two thirds into the first period, INVALID_ARGUMENT naming period_start and the nearest
+    period start (its own, or the next one's); nothing closed."""
+    _, start_ms, end_ms = oracle.period(settled_now(oracle))
+    if oracle.contract_end_ms is None or oracle.contract_end_ms > start_ms:
+        request = invoices_pb2.ClosePeriodRequest(customer_id=names("acme"), period_start=stamp(start_ms))
+        with pytest.raises(TariffError) as running:
+            client.invoices.ClosePeriod(request)
+        ends = re.search(r"ends at (\S+?),", running.value.details)
+        assert running.value.code == grpc.StatusCode.FAILED_PRECONDITION and ends, running.value.details
+        assert iso_ms(ends.group(1)) == end_ms, running.value.details
     _, first_ms, first_end_ms = oracle.period(scenario.contract_start_ms)
     for third, nearest_ms in ((1, first_ms), (2, first_end_ms)):
         at_ms = first_ms + (first_end_ms - first_ms) * third // 3
@@ -1086,7 +1268,7 @@ def make_holds(client: TariffClient, scenario: WireScenario, oracle: ReferenceCr
 
 
 def check_authorize(client: TariffClient, scenario: WireScenario, oracle: ReferenceCredits, names: Names) -> None:
-    probe = dataclasses.replace(scenario.probe, timestamp_ms=now_ms())
+    probe = dataclasses.replace(scenario.probe, timestamp_ms=settled_now(oracle))
     allowed, reason, cost = oracle.authorize(probe)
     event(f"authorize {reason}")
     try:
@@ -1100,7 +1282,8 @@ def check_authorize(client: TariffClient, scenario: WireScenario, oracle: Refere
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("wire-differential") / "data", extra_args=["--close-grace", "off"])
+    args = ["--close-grace", "off", "--future-skew-s", str(FUTURE_SKEW_MS // 1000)]
+    process = ServerProcess(tmp_path_factory.mktemp("wire-differential") / "data", extra_args=args)
     process.start()
     yield process
     process.stop()
