@@ -191,9 +191,22 @@ class CustomerCommands(ControlPlane):
                     f"contract {contract.id!r} cannot end at {iso(end_ms)}: customer {contract.customer_id!r} "
                     f"has contract {other.id!r} in that time"
                 )
+        self._check_no_rolling_grant_from(contract, end_ms)
         self._check_no_usage_from(contract, end_ms)
         contract.ending_before_ms = end_ms
         return contract
+
+    def _check_no_rolling_grant_from(self, contract: Contract, end_ms: int) -> None:
+        """FAILED_PRECONDITION naming a grant with a rollover fraction that starts in the contract at or after
+        `end_ms`: its start would lie in no contract, so it would have no billing period to roll over at the end of
+        (GrantCredits refuses such a grant for the same reason)."""
+        for grant in self.state.accounts[contract.customer_id].grants:
+            if grant.rollover_fraction > 0 and grant.starts_at_ms >= end_ms and contract.covers(grant.starts_at_ms):
+                raise FailedPrecondition(
+                    f"contract {contract.id!r} cannot end at {iso(end_ms)}: grant {grant.id!r} has a rollover "
+                    f"fraction and starts at {iso(grant.starts_at_ms)}, under it; it rolls over at the end of the "
+                    "billing period it starts in, and its start would lie in no contract"
+                )
 
     def _check_no_usage_from(self, contract: Contract, end_ms: int) -> None:
         """FAILED_PRECONDITION naming the latest hour holding usage of the contract at or after `end_ms`: usage is kept

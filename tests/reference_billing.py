@@ -747,7 +747,8 @@ class ReferenceRating:
         they are checked: ("ended", None) when taken, ("repeated", None) when the contract already ends there (a retry,
         nothing changed); refused, nothing changed: ("after starting_at", None) for an end at or before the start
         (INVALID_ARGUMENT), ("already ended", None) when the end held has passed, ("before now", None) for a
-        retroactive end, ("usage", hour) when usage is recorded in an hour ending after the new end, before the end
+        retroactive end, ("rolling grant", None) when a grant with a rollover fraction starts at or after the new end,
+        ("usage", hour) when usage is recorded in an hour ending after the new end, before the end
         held (`hour` the latest such hour's first instant: an hour holding the new end counts whole)."""
         if end_ms <= self.contract_start_ms:
             return "after starting_at", None
@@ -758,12 +759,20 @@ class ReferenceRating:
             return "already ended", None
         if end_ms < at_ms:
             return "before now", None
+        rolling = self.rolling_grant_from(end_ms)
+        if rolling is not None:
+            return "rolling grant", None
         held_end = NEVER_MS if held_ms is None else held_ms
         hours = [h for h in self.hours_recorded if h + HOUR_MS > end_ms and h < held_end]
         if hours:
             return "usage", max(hours)
         self.contract_end_ms = end_ms
         return "ended", None
+
+    def rolling_grant_from(self, end_ms: int) -> str | None:
+        """A grant with a rollover fraction starting in the contract at or after `end_ms` (an end
+        there would leave its start in no contract): none here, where grants do not roll over (ReferenceCredits)."""
+        return None
 
     def period(self, ts_ms: int) -> tuple[Period, int, int]:
         """(name, start ms, end ms) of the billing period holding ts_ms."""
@@ -1264,12 +1273,18 @@ class ReferenceCredits(ReferenceRating):
         self.rollover = {grant_id: f for grant_id, f in (rollover or {}).items() if f > 0}
         assert not self.rollover or self.period_anchor_ms is None, "rollover is modelled for calendar months only"
         self.rolled_out: dict[str, Decimal] = {}
+        # Every grant given a rollover fraction, kept once it rolled over or expired (EndContract's rule reads it).
+        self.rollover_given = set(self.rollover)
         self.expiring_at_rollover_rolls = set(expiring_at_rollover_rolls)
         for grant in self.grants:
             if grant.id in use_ends_at_rollover and grant.id in self.rollover:
                 end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
                 if grant.expires_at_ms is None or grant.expires_at_ms > end_ms:
                     grant.usable_before_ms = end_ms
+
+    def rolling_grant_from(self, end_ms: int) -> str | None:
+        """As GrantCredits, any grant given a rollover fraction, whether or not it will expire before it could roll."""
+        return next((g.id for g in self.grants if g.id in self.rollover_given and g.starts_at_ms >= end_ms), None)
 
     def held(self, grant_id: str) -> Decimal:
         return sum(

@@ -263,12 +263,6 @@ def test_a_watcher_of_the_customer_gets_its_balance_again_after_the_end(server: 
         call.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by tests/test_stateful_credits.py's end_contract rule: EndContract takes an end before the start "
-    "of a grant with a rollover fraction, whose start then lies in no contract: the grant never rolls over nor "
-    "breaks (contracts.proto rollover_fraction: its start must lie in a contract, a billing period to end)",
-)
 def test_an_end_before_a_rolling_grants_start_is_refused_so_that_the_grant_keeps_a_period_to_roll_over_at(
     server: ServerProcess,
 ) -> None:

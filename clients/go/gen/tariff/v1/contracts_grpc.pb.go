@@ -205,7 +205,11 @@ type ContractServiceClient interface {
 	// contract has already ended (its ending_before is at or before the
 	// request's time: an end that has passed is never moved), when the new end
 	// is before the request's time (no retroactive end: periods and invoices
-	// already billed stay as they are), when usage is already recorded under the
+	// already billed stay as they are), when a grant with a rollover fraction
+	// starts under the contract at or after the new end (its start would lie in
+	// no contract, leaving it no billing period to roll over at the end of, as
+	// GrantCredits requires: the message names the grant), when usage is
+	// already recorded under the
 	// contract in an hour ending after the new end (usage is kept by the hour, so
 	// an hour holding the new end off the hour counts whole; events dated ahead
 	// of the clock, within --future-skew-s, can be there: the message names the
@@ -368,7 +372,11 @@ type ContractServiceServer interface {
 	// contract has already ended (its ending_before is at or before the
 	// request's time: an end that has passed is never moved), when the new end
 	// is before the request's time (no retroactive end: periods and invoices
-	// already billed stay as they are), when usage is already recorded under the
+	// already billed stay as they are), when a grant with a rollover fraction
+	// starts under the contract at or after the new end (its start would lie in
+	// no contract, leaving it no billing period to roll over at the end of, as
+	// GrantCredits requires: the message names the grant), when usage is
+	// already recorded under the
 	// contract in an hour ending after the new end (usage is kept by the hour, so
 	// an hour holding the new end off the hour counts whole; events dated ahead
 	// of the clock, within --future-skew-s, can be there: the message names the
