@@ -42,6 +42,9 @@ pub struct Account {
     pub(crate) due: crate::due::DueKeys,
 }
 
+/// Payable grants walked for a grant before `note_payable` searches them by burn rank.
+const PAYABLE_WALKED_MAX: usize = 8;
+
 impl Account {
     /// Sets the burn order and the payable grants from the grants (after any change but a draw, a
     /// top-up's grant, or credit given back to a grant: those keep them as they go).
@@ -60,6 +63,11 @@ impl Account {
 
     /// After grant `g` was given credit (it may have had none): it is among the payable grants.
     pub(crate) fn note_payable(&mut self, g: u32) {
+        // Usually it is there already (a draw left it credit, every event of an account with credit): a
+        // short list is walked for it, cheaper than the search's burn ranks (about 90 instructions).
+        if self.payable.len() <= PAYABLE_WALKED_MAX && self.payable.contains(&g) {
+            return;
+        }
         let grants = &self.grants;
         if let Err(at) = self.payable.binary_search_by_key(&burn_rank(grants, g), |&p| burn_rank(grants, p)) {
             self.payable.insert(at, g);
