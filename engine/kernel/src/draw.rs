@@ -61,6 +61,7 @@ impl Grant {
     pub fn drawn(&self) -> Picos {
         self.amount - self.remaining
     }
+    #[inline]
     pub fn applies_to(&self, product: Sym) -> bool {
         self.applicable.is_empty() || self.applicable.contains(&product)
     }
