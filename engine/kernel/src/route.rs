@@ -435,7 +435,9 @@ impl Catalog {
 }
 
 impl Version {
-    /// The most specific rate for a product and dimension key (symbols; None = never interned).
+    /// The most specific rate for a product and dimension key (symbols; None = never interned). Always inline:
+    /// planning calls it for every product of every event, and with the hint alone it stayed a call.
+    #[inline(always)]
     pub fn rate_for(&self, product: Sym, key: &[Option<Sym>]) -> Option<&Rate> {
         let indexed = ExactKey::new(product, key).and_then(|exact| self.exact.get(&exact));
         let rate = indexed.or_else(|| self.scan(product, key));
