@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::account::Account;
 use crate::ack::AckBuilder;
 use crate::decode::{check_event, py_repr, py_repr_cut, wire, with_view};
-use crate::draw::{Grant, Outcomes, NEVER_MS};
+use crate::draw::{Changed, Grant, Outcomes, NEVER_MS};
 use crate::kernel::Kernel;
 use crate::money::Picos;
 use crate::reads::Decision;
@@ -698,8 +698,9 @@ impl Kernel {
             return Vec::new();
         }
         let mut outcomes = Outcomes::new();
-        let changes = self.rater.settle(account, &plans, now_ms, self.refunds_netted, &mut outcomes);
-        let mut held: Vec<(u32, Picos)> = (changes.changed.iter())
+        let mut changed = Changed::new();
+        self.rater.settle(account, &plans, now_ms, self.refunds_netted, &mut outcomes, &mut changed);
+        let mut held: Vec<(u32, Picos)> = (changed.iter())
             .filter_map(|&(g, after)| {
                 let before = account.grants[g as usize].remaining;
                 (before > after).then_some((g, before - after))

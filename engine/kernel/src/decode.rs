@@ -101,6 +101,7 @@ impl<'a> Event<'a> {
     pub fn dimension(&self, key: &str) -> Option<&'a str> {
         find(&self.dimensions, key)
     }
+    #[inline]
     pub fn value(&self, key: &str) -> Option<Fixed> {
         find(&self.values, key)
     }

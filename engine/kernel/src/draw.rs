@@ -61,6 +61,7 @@ impl Grant {
     pub fn drawn(&self) -> Picos {
         self.amount - self.remaining
     }
+    #[inline]
     pub fn applies_to(&self, product: Sym) -> bool {
         self.applicable.is_empty() || self.applicable.contains(&product)
     }
@@ -129,8 +130,9 @@ impl Balances for [Picos] {
 /// them for every event). A handful of grants change per event: found by a walk of `changed` while it is short.
 pub struct Changes<'a> {
     grants: &'a [Grant],
-    /// (grant index, balance now), in the order first changed.
-    pub changed: SmallVec<[(u32, Picos); 4]>,
+    /// (grant index, balance now), in the order first changed: the caller's, so that it reads them where
+    /// they were written (returned, the overlay was copied out twice, some 60 instructions an event).
+    pub changed: &'a mut Changed,
     /// Places in `changed` by grant index, once it is long (an event drawing on thousands of grants).
     places: Option<rustc_hash::FxHashMap<u32, usize>>,
 }
@@ -138,9 +140,14 @@ pub struct Changes<'a> {
 /// Entries of `Changes::changed` walked before they are indexed.
 const CHANGES_WALKED_MAX: usize = 16;
 
+/// What `Changes` records: (grant index, balance now), inline for the usual few grants.
+pub type Changed = SmallVec<[(u32, Picos); 4]>;
+
 impl<'a> Changes<'a> {
-    pub fn new(grants: &'a [Grant]) -> Changes<'a> {
-        Changes { grants, changed: SmallVec::new(), places: None }
+    /// An overlay recording into `changed`, cleared first.
+    pub fn new(grants: &'a [Grant], changed: &'a mut Changed) -> Changes<'a> {
+        changed.clear();
+        Changes { grants, changed, places: None }
     }
     fn place(&self, grant: u32) -> Option<usize> {
         match &self.places {
@@ -468,7 +475,8 @@ mod tests {
         let order = burn_order(&grants);
         let mut all = vec![1; 40];
         let first = settle(&grants, &order, &mut all, &[charge(1, "a", 35)], 1, false);
-        let mut changes = Changes::new(&grants);
+        let mut changed = Changed::new();
+        let mut changes = Changes::new(&grants, &mut changed);
         let mut outcomes = Outcomes::new();
         settle_into(&grants, &order, &mut changes, &[charge(1, "a", 35)], 1, false, &mut outcomes);
         assert_eq!((outcomes.clone(), changes.changed.len()), (first.clone(), 35));
@@ -478,11 +486,11 @@ mod tests {
         let refund = Charge { product: 1, product_id: "a", charge: -12, drawn_by_grant: &drew, overage: 0 };
         let both = [refund, charge(2, "b", 20)];
         let expected = settle(&after, &order, &mut all, &both, 1, false);
-        let mut changes = Changes::new(&after);
+        let mut changes = Changes::new(&after, &mut changed);
         settle_into(&after, &payable, &mut changes, &both, 1, false, &mut outcomes);
         assert_eq!(outcomes, expected);
         let mut overlaid: Vec<Picos> = after.iter().map(|g| g.remaining).collect();
-        for &(g, balance) in &changes.changed {
+        for &(g, balance) in &changed {
             overlaid[g as usize] = balance;
         }
         assert_eq!(overlaid, all);
@@ -540,11 +548,12 @@ mod tests {
                 // The overlay reads balances from the grants, as the kernel's accounts hold them.
                 let grants_now: Vec<Grant> =
                     grants.iter().zip(&some).map(|(g, r)| Grant { remaining: *r, ..g.clone() }).collect();
-                let mut changes = Changes::new(&grants_now);
+                let mut changed = Changed::new();
+                let mut changes = Changes::new(&grants_now, &mut changed);
                 let mut outcomes = Outcomes::new();
                 settle_into(&grants_now, &payable, &mut changes, &charges, ts_ms, netted, &mut outcomes);
                 prop_assert_eq!(&outcomes, &expected);
-                for &(g, balance) in &changes.changed {
+                for &(g, balance) in &changed {
                     some[g as usize] = balance;
                 }
                 prop_assert_eq!(&some, &all);

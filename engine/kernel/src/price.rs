@@ -127,7 +127,9 @@ impl PricedCurve {
 
     /// (`picos(before)`, `picos(after)`): a charge's two prices in one call. Rating prices both for
     /// every product of every event, and each call of `picos` spent about a quarter of its
-    /// instructions saving and restoring registers.
+    /// instructions saving and restoring registers. Inline: as a call of its own (once planning walked the
+    /// feeding products differently) it was some 20 instructions a product more.
+    #[inline]
     pub fn picos_before_after(&self, before: Fixed, after: Fixed) -> Option<(Picos, Picos)> {
         Some((self.picos(before)?, self.picos(after)?))
     }

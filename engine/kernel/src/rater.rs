@@ -10,7 +10,7 @@ use crate::account::{unknown_customer, Account};
 use crate::ack::AckBuilder;
 use crate::buckets::{record_hour, Aggregate, Combos, Measure, PeriodKey};
 use crate::decode::{py_dict, py_repr, Event, Reason, Refusal};
-use crate::draw::{settle_into, Changes, Charge, Grant, Outcomes};
+use crate::draw::{settle_into, Changed, Changes, Charge, Grant, Outcomes};
 use crate::explain::{self, Charged, Recorder};
 use crate::money::{Fixed, Picos, SCALE};
 use crate::route::{curve_with_override, Aggregation, Catalog, Contract, Interner, Product, Sym, Version};
@@ -223,16 +223,17 @@ impl Rater {
     }
 
     /// Settles the plans' charges on the account's balances without changing them: the one code path for
-    /// ingestion and Authorize. Fills `outcomes`; returns the balances it changed. `netted`: the event's
+    /// ingestion and Authorize. Fills `outcomes`, and `changed` with the balances it changed. `netted`: the event's
     /// charges take back first what its refunds gave back (`draw::settle`; false, as batches journaled before).
-    pub(crate) fn settle<'a>(
+    pub(crate) fn settle(
         &self,
-        account: &'a Account,
+        account: &Account,
         plans: &[Plan],
         ts_ms: i64,
         netted: bool,
         outcomes: &mut Outcomes,
-    ) -> Changes<'a> {
+        changed: &mut Changed,
+    ) {
         // Pushed into a vector built where it stays: collected, the vector (a few hundred bytes
         // inline) was built and then copied out.
         let mut charges: SmallVec<[Charge; 4]> = SmallVec::new();
@@ -251,9 +252,8 @@ impl Rater {
                 overage: p.overage,
             });
         }
-        let mut changes = Changes::new(&account.grants);
+        let mut changes = Changes::new(&account.grants, changed);
         settle_into(&account.grants, &account.payable, &mut changes, &charges, ts_ms, netted, outcomes);
-        changes
     }
 
     pub(crate) fn commit(
@@ -267,7 +267,8 @@ impl Rater {
     ) {
         let ts = event.timestamp_ms;
         let mut outcomes = Outcomes::new();
-        let changed = self.settle(account, plans, ts, netted, &mut outcomes).changed;
+        let mut changed = Changed::new();
+        self.settle(account, plans, ts, netted, &mut outcomes, &mut changed);
         for &(g, balance) in &changed {
             account.grants[g as usize].remaining = balance;
             if balance > 0 {

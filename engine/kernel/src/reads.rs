@@ -9,7 +9,7 @@ use crate::account::{no_such_customer, Account};
 use crate::buckets::{Aggregate, AggregateKey, BucketKey, VersionUsage};
 use crate::credits;
 use crate::decode::{check_view, py_repr, wire, with_view, EventView, Reason};
-use crate::draw::Outcomes;
+use crate::draw::{Changed, Outcomes};
 use crate::kernel::Kernel;
 use crate::money::Picos;
 use crate::route::{period_containing, Sym};
@@ -119,7 +119,7 @@ impl Kernel {
         let cost: Picos = plans.iter().map(|p| p.charge).sum();
         let account = account.expect("planned, so the account exists");
         let mut outcomes = Outcomes::new();
-        self.rater.settle(account, &plans, now_ms, netted, &mut outcomes);
+        self.rater.settle(account, &plans, now_ms, netted, &mut outcomes, &mut Changed::new());
         // Overage the usage would add. Netted, that is the event's overage in all, as its charges take back what
         // its refunds gave back before they cause any; otherwise, the overage its positive parts would leave: a
         // refund elsewhere in the event does not pay for them. Either way a refund to a grant that cannot pay a
