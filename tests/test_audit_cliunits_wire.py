@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import NoReturn, cast
 
+import grpc
 import pytest
-from tariff import TariffClient
+from tariff import TariffClient, TariffError
 
+from server.admin.versions import pricing_unit_after_change
 from tests.audit_fixtures import serving
 from tests.serverproc import ServerProcess
 from tests.test_cli import table_rows, tariff
@@ -185,3 +189,13 @@ def test_ratecard_rollback_heads_the_copys_price_column_with_the_cards_unit(serv
     assert ["rollback", "of version 2 to version 1"] in table_rows(out), out
     assert header_of(out, "product") == EUR_HEADER, out
     assert ["ai_action", "*", "0.5 per 1000"] in table_rows(out), out  # version 1's price, in the copy (version 3)
+
+
+def test_a_failed_read_of_the_unit_after_a_change_heads_it_plain_price_not_the_command_failed() -> None:
+    # In-process: the server reached for the change and not for the read after it is hard to arrange on a wire.
+    class Unanswered:
+        def GetRateCard(self, _request: object) -> NoReturn:
+            raise TariffError("no answer", code=grpc.StatusCode.UNAVAILABLE)
+
+    client = cast(TariffClient, SimpleNamespace(pricing=Unanswered()))
+    assert pricing_unit_after_change(client, "cu-usd") == ""  # print_version then heads the column `price`
