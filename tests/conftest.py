@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import settings
 import server as _tariff_server  # noqa: F401  (first: it turns gRPC's fork handlers off before grpc is imported)
 
 # Tests import helpers as `tests.serverproc`: pyproject's `pythonpath = ["."]` puts the repo root on sys.path.
+from tests.month_turn import month_turn_wait_s
 from tests.serverproc import ServerFactory, ServerProcess
 
 # `make test` (TARIFF_HYPOTHESIS=derandomized) runs every property on the same examples each time, seeded from the
@@ -81,6 +83,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FILES_FIRST)}
     tests_in = Counter(item.path for item in items)
     items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -tests_in[item.path], str(item.path)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def inside_one_calendar_month() -> None:
+    """Every module runs inside one calendar month (UTC), clear of its first and last minutes: many tests work out
+    "this month" from the wall clock while the server bills by its own (tests/month_turn.py). Autouse, so it comes
+    before a module's own server fixture; it waits only within minutes of a month's turn."""
+    wait_s = month_turn_wait_s(time.time())
+    if wait_s > 0:
+        print(f"waiting {wait_s:.0f} s for a calendar month's turn to pass (tests/month_turn.py)")
+        time.sleep(wait_s)
 
 
 @pytest.fixture
