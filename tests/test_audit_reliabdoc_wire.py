@@ -77,6 +77,23 @@ def grant(
     )
 
 
+def buying_top_ups(admin: TariffClient, customer_id: str, start_ms: int) -> None:
+    """Customer `customer_id` (named without its `rd-`) on ai-credits from `start_ms` (contract `<id>-c`), 1 credit
+    granted (`<id>-g`) and a top-up policy below 5 up to 10 at 1 a credit, at most 3 a period: its first rated event
+    buys one (`top-up-<start_ms>-1`)."""
+    admin.contracts.CreateCustomer(
+        contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id.removeprefix("rd-"))
+    )
+    admin.contracts.CreateContract(
+        contracts_pb2.CreateContractRequest(
+            id=f"{customer_id}-c", customer_id=customer_id, rate_card_id="ai-credits", starting_at=stamp(start_ms)
+        )
+    )
+    admin.contracts.GrantCredits(grant(f"{customer_id}-g", "1", customer_id=customer_id))
+    top_up = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="10", price_per_credit="1", max_per_period=3)
+    admin.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id=f"{customer_id}-c", top_up=top_up))
+
+
 def held(customer_id: str, reservation_id: str, **fields: object) -> balance_pb2.AuthorizeRequest:
     return balance_pb2.AuthorizeRequest(
         request_id=f"req-{reservation_id}",
@@ -914,15 +931,7 @@ def test_a_restricted_key_may_take_an_id_the_server_gave_another_customers_top_u
     id is ALREADY_EXISTS)". So a restricted key cannot learn from a refusal that another customer bought a top-up."""
     start = this_hour_ms()  # the contract's first period starts here: its top-ups are named after it
     with world.client() as admin:
-        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-tu2", name="tu2"))
-        admin.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id="rd-tu2-c", customer_id="rd-tu2", rate_card_id="ai-credits", starting_at=stamp(start)
-            )
-        )
-        admin.contracts.GrantCredits(grant("rd-tu2-g", "1", customer_id="rd-tu2"))
-        top_up = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="10", price_per_credit="1", max_per_period=3)
-        admin.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="rd-tu2-c", top_up=top_up))
+        buying_top_ups(admin, "rd-tu2", start)
         assert admin.usage.IngestUsageBatch(demo_batch("rd-tu2-b", "rd-tu2-b", 1, customer="rd-tu2")).accepted == 1
         bought = [g.grant_id for g in admin.get_balance("rd-tu2").grants if g.grant_id.startswith("top-up-")]
         assert bought == [f"top-up-{start}-1"], bought
@@ -1033,15 +1042,7 @@ def test_another_customers_top_up_ids_taken_by_grants_stay_apart_after_kill_9_an
     start = this_hour_ms()
     first_top_up, second_top_up = f"top-up-{start}-1", f"top-up-{start}-2"
     with server.client() as admin:
-        admin.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="rd-tu", name="tu"))
-        admin.contracts.CreateContract(
-            contracts_pb2.CreateContractRequest(
-                id="rd-tu-c", customer_id="rd-tu", rate_card_id="ai-credits", starting_at=stamp(start)
-            )
-        )
-        admin.contracts.GrantCredits(grant("rd-tu-g", "1", customer_id="rd-tu"))
-        top_up = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="10", price_per_credit="1", max_per_period=3)
-        admin.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="rd-tu-c", top_up=top_up))
+        buying_top_ups(admin, "rd-tu", start)
         admin.usage.IngestUsageBatch(demo_batch("rd-tu-1", "rd-tu-1", 1, customer="rd-tu"))  # buys the first
         admin.contracts.GrantCredits(grant(first_top_up, "2"))
         admin.contracts.GrantCredits(grant(second_top_up, "3"))  # before tu's second is bought
