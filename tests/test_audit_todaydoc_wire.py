@@ -206,6 +206,12 @@ def charged_for_units(
         return charged_by(client, customer_id, *events)
 
 
+def charges_and_overage(client: TariffClient, customer_id: str) -> tuple[str, str]:
+    """GetBalance's (period_charges, overage_amount)."""
+    balance = client.get_balance(customer_id)
+    return balance.period_charges, balance.overage_amount
+
+
 def grant(client: TariffClient, grant_id: str, customer_id: str, amount: str, *products: str) -> None:
     promo = contracts_pb2.Grant(
         id=grant_id,
@@ -352,11 +358,9 @@ def test_period_charges_reach_the_money_limit_exactly_and_refuse_one_pico_more(s
             )
             == []
         )
-        balance = client.get_balance("lim-c")
-        assert (balance.period_charges, balance.overage_amount) == (LIMIT, LIMIT)
+        assert charges_and_overage(client, "lim-c") == (LIMIT, LIMIT)
         assert rejected_in(client, event("l4", "lim-c", "tiny", {"n": 1_000_000})) == [("l4", "INVALID_EVENT")]
-        balance = client.get_balance("lim-c")
-        assert (balance.period_charges, balance.overage_amount) == (LIMIT, LIMIT)
+        assert charges_and_overage(client, "lim-c") == (LIMIT, LIMIT)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -461,8 +465,7 @@ def test_a_refund_credited_to_a_grant_for_its_product_only_does_not_pay_another(
         grant(client, "only-nb.g", "only-nb", "100", "nb")
         assert rejected_in(client, event("o1", "only-nb", "mp1", {"a": 0, "b": 100})) == []
         assert rejected_in(client, event("o2", "only-nb", "mp1", {"a": 40, "b": 1})) == []
-        balance = client.get_balance("only-nb")
-        assert (balance.period_charges, balance.overage_amount) == ("90.5", "40")
+        assert charges_and_overage(client, "only-nb") == ("90.5", "40")
         assert remaining(client, "only-nb") == {"only-nb.g": "49.5"}
 
 
@@ -474,8 +477,7 @@ def test_where_the_grant_pays_both_products_the_event_settles_as_its_net(server:
         grant(client, "any-nb.g", "any-nb", "100")
         assert rejected_in(client, event("o1", "any-nb", "mp1", {"a": 0, "b": 100})) == []
         assert rejected_in(client, event("o2", "any-nb", "mp1", {"a": 40, "b": 1})) == []
-        balance = client.get_balance("any-nb")
-        assert (balance.period_charges, balance.overage_amount) == ("90.5", "0")
+        assert charges_and_overage(client, "any-nb") == ("90.5", "0")
         assert remaining(client, "any-nb") == {"any-nb.g": "9.5"}
 
 
@@ -487,11 +489,9 @@ def test_a_net_refund_gives_back_overage_first_then_credit(server: ServerProcess
         customer(client, "net-c")
         grant(client, "net-c.g", "net-c", "7")
         assert rejected_in(client, event("n1", "net-c", "mp2", {"a": 0, "level": 12})) == []
-        balance = client.get_balance("net-c")
-        assert (balance.period_charges, balance.overage_amount) == ("12", "5")
+        assert charges_and_overage(client, "net-c") == ("12", "5")
         assert rejected_in(client, event("n2", "net-c", "mp2", {"a": 5, "level": 0})) == []
-        balance = client.get_balance("net-c")
-        assert (balance.period_charges, balance.overage_amount) == ("5", "0")
+        assert charges_and_overage(client, "net-c") == ("5", "0")
         assert remaining(client, "net-c") == {"net-c.g": "2"}
 
 
@@ -536,8 +536,7 @@ def test_a_falling_gauge_beside_an_equal_charge_touches_nothing(server: ServerPr
         grant(client, "gauge-c.g", "gauge-c", "10")
         assert authorize(client, "gauge-c", "mp2", {"a": 3, "level": 2}) == ("OK", "0")
         assert rejected_in(client, event("g2", "gauge-c", "mp2", {"a": 3, "level": 2})) == []
-        balance = client.get_balance("gauge-c")
-        assert (balance.period_charges, balance.overage_amount) == ("5", "5")
+        assert charges_and_overage(client, "gauge-c") == ("5", "5")
         assert remaining(client, "gauge-c") == {"gauge-c.g": "10"}
 
 
@@ -549,8 +548,7 @@ def test_a_grant_without_starts_at_pays_usage_dated_before_it_was_given(server: 
         grant(client, "late-c.g", "late-c", "10")
         late = this_hour_ms() - 2 * HOUR_MS + 30 * 60_000
         assert rejected_in(client, event("f1", "late-c", "fee", {"n": 1}, late)) == []
-        balance = client.get_balance("late-c")
-        assert (balance.period_charges, balance.overage_amount) == ("7", "0")
+        assert charges_and_overage(client, "late-c") == ("7", "0")
         assert remaining(client, "late-c") == {"late-c.g": "3"}
 
 
@@ -654,8 +652,7 @@ def test_a_grant_window_holds_its_start(server: ServerProcess) -> None:
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=promo))
         assert rejected_in(client, event("e1", "gw-c", "fee", {"n": 1}, starts - 1)) == []
         assert rejected_in(client, event("e2", "gw-c", "tok", {"n": 1500}, starts)) == []
-        balance = client.get_balance("gw-c")
-        assert (balance.period_charges, balance.overage_amount) == ("7.045", "7")
+        assert charges_and_overage(client, "gw-c") == ("7.045", "7")
         assert remaining(client, "gw-c") == {"gw-c.g": "9.955"}
 
 
@@ -787,8 +784,7 @@ def test_a_refund_gives_back_in_reverse_burn_order_and_a_charge_takes_back_what_
         assert rejected_in(client, event("e1", "r", "mp1", {"a": 0, "b": 100})) == []
         assert remaining(client, "r") == {"r.g1": "0", "r.g2": "10"}
         assert rejected_in(client, event("e2", "r", "mp1", {"a": 45, "b": 1})) == []
-        balance = client.get_balance("r")
-        assert (balance.period_charges, balance.overage_amount) == ("95.5", "0")
+        assert charges_and_overage(client, "r") == ("95.5", "0")
         assert remaining(client, "r") == {"r.g1": "9.5", "r.g2": "5"}
 
 
@@ -802,8 +798,7 @@ def test_a_charge_takes_back_overage_another_products_refund_gave_back(server: S
         grant(client, "ov.g", "ov", "60", "nb")
         assert rejected_in(client, event("e1", "ov", "mp1", {"a": 0, "b": 100})) == []
         assert rejected_in(client, event("e2", "ov", "mp1", {"a": 45, "b": 1})) == []
-        balance = client.get_balance("ov")
-        assert (balance.period_charges, balance.overage_amount) == ("95.5", "45")
+        assert charges_and_overage(client, "ov") == ("95.5", "45")
         assert remaining(client, "ov") == {"ov.g": "9.5"}
 
 
@@ -943,8 +938,7 @@ def test_the_money_limit_is_checked_on_each_charge_before_the_event_is_netted(se
         assert rejected_in(client, event("l6", "net-lim", "mp1", {"a": 0, "b": 1})) == []
         assert charges(client, "net-lim") == "170141183460469231731687254.215884105727"
         assert rejected_in(client, event("l7", "net-lim", "mp1", {"a": 40, "b": 0})) == []
-        balance = client.get_balance("net-lim")
-        assert (balance.period_charges, balance.overage_amount) == ("170141183460469231731687294.215884105727",) * 2
+        assert charges_and_overage(client, "net-lim") == ("170141183460469231731687294.215884105727",) * 2
 
 
 def test_latest_of_events_with_one_timestamp_is_the_one_ingested_last(server: ServerProcess) -> None:
