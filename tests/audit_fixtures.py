@@ -93,6 +93,17 @@ def open_contract(
     return made
 
 
+def usage(transaction_id: str, customer_id: str, n: float, at_ms: int) -> usage_pb2.UsageEvent:
+    return usage_pb2.UsageEvent(
+        transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
+    )
+
+
+def rejected(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, int]]:
+    ack = client.ingest_batch(list(events))
+    return [(r.transaction_id, r.reason) for r in ack.rejected]
+
+
 def rejected_in(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, str]]:
     """Sends `events` as one batch: (transaction id, reason) of each rejected event, in order; accepted ones answer
     nothing."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import settings
 import server as _tariff_server  # noqa: F401  (first: it turns gRPC's fork handlers off before grpc is imported)
 
 # Tests import helpers as `tests.serverproc`: pyproject's `pythonpath = ["."]` puts the repo root on sys.path.
+from tests.month_turn import month_start_s, month_turn_wait_s
 from tests.serverproc import ServerFactory, ServerProcess
 
 # `make test` (TARIFF_HYPOTHESIS=derandomized) runs every property on the same examples each time, seeded from the
@@ -26,6 +28,9 @@ settings.load_profile(os.environ.get("TARIFF_HYPOTHESIS", "default"))
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running; `make test-fast` deselects it")
+    config.addinivalue_line(
+        "markers", "clock_at_import: the module reads the clock at import; skipped once a calendar month has turned"
+    )
 
 
 # The suite's longest files (durations summed per file, one `make test`-style run), longest first. `--dist loadfile`
@@ -81,6 +86,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(LONGEST_FILES_FIRST)}
     tests_in = Counter(item.path for item in items)
     items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -tests_in[item.path], str(item.path)))
+
+
+# The month the test modules were imported in (this file is imported before any of them, at collection): the
+# instants a module takes at import (`H_MS = this_hour_ms()`, `AT_MS = now_ms() - 60_000`) are of that month however
+# late the module runs, and a whole run (every module collected first) lasts many minutes.
+IMPORTED_IN_MONTH_S = month_start_s(time.time())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def inside_one_calendar_month(request: pytest.FixtureRequest) -> None:
+    """Every module runs inside one calendar month (UTC), clear of its first and last minutes: many tests work out
+    "this month" from the wall clock while the server bills by its own (tests/month_turn.py). Autouse, so it comes
+    before a module's own server fixture; it waits only within minutes of a month's turn. A module marked
+    `clock_at_import` is skipped when the month it runs in is not the one it was imported in: its instants taken
+    at import would lie in another month than the server's now, which no wait mends."""
+    wait_s = month_turn_wait_s(time.time())
+    if wait_s > 0:
+        print(f"waiting {wait_s:.0f} s for a calendar month's turn to pass (tests/month_turn.py)")
+        time.sleep(wait_s)
+    if request.node.get_closest_marker("clock_at_import") and month_start_s(time.time()) != IMPORTED_IN_MONTH_S:
+        pytest.skip("imported in the month before this one: its instants taken at import are a month off the server's")
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ CARD_FROM_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 H_MS = this_hour_ms()
 F_MS = H_MS + 2 * HOUR_MS
 START_MS = H_MS - 5 * HOUR_MS
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 REJECT = usage_pb2.RejectReason
 p = pricing_pb2
 

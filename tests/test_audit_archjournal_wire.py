@@ -54,6 +54,8 @@ BATCHES = (("r1", 4), ("r2", 4), ("r3", 2))
 LAST_SEQ = DEMO_RECORDS + len(BATCHES)
 SNAPSHOT_LINE = re.compile(r"snapshot seq=(\d+) bytes=(\d+) encode_ms=\d+ store_ms=\d+")
 AT_MS = now_ms() - 60_000  # every event's timestamp: a resend is the same event
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 
 
 def batch(prefix: str, count: int) -> usage_pb2.UsageBatch:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 import msgspec
@@ -126,9 +127,17 @@ def grant(
     paid: str = "0",
     kind: contracts_pb2.GrantKind = contracts_pb2.PREPAID,
     contract_id: str = "",
+    **fields: Any,
 ) -> contracts_pb2.Grant:
+    """GrantCredits of a grant with these fields, and any others of contracts_pb2.Grant (`fields`): the answer."""
     made = contracts_pb2.Grant(
-        id=grant_id, customer_id=customer_id, contract_id=contract_id, kind=kind, amount=amount, paid_amount=paid
+        id=grant_id,
+        customer_id=customer_id,
+        contract_id=contract_id,
+        kind=kind,
+        amount=amount,
+        paid_amount=paid,
+        **fields,
     )
     answer: contracts_pb2.Grant = client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
     return answer
@@ -433,16 +442,7 @@ def test_credit_left_in_an_expired_grant_is_reported_as_expired(client: TariffCl
     """7 credits usable for the first hour of 2024, never drawn: past its expiry at once, all 7 expired, nothing
     remaining or available. granted = drawn + remaining + held + expired: 7 = 0 + 0 + 0 + 7."""
     customer(client, "exp")
-    made = contracts_pb2.Grant(
-        id="exp-g",
-        customer_id="exp",
-        kind=contracts_pb2.PREPAID,
-        amount="7",
-        paid_amount="7",
-        starts_at=stamp(JAN_2024_MS),
-        expires_at=stamp(JAN_2024_MS + HOUR_MS),
-    )
-    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+    grant(client, "exp", "exp-g", "7", "7", starts_at=stamp(JAN_2024_MS), expires_at=stamp(JAN_2024_MS + HOUR_MS))
     assert grants(client, "exp") == {"exp-g": ("7", "0", "0", "0", "7")}
     assert totals(client, "exp") == ("0", "0", "0")
 
@@ -617,15 +617,7 @@ def test_the_credit_a_policy_counts_is_the_accounts_whatever_products_its_grants
     """10 credits for `lat` only, policy below 5 up to 20: 4 units of `p` (no grant pays it) are overage, and the 10
     available keep the policy from buying."""
     customer(client, "twide")
-    made = contracts_pb2.Grant(
-        id="twide-g",
-        customer_id="twide",
-        kind=contracts_pb2.PREPAID,
-        amount="10",
-        paid_amount="10",
-        applicable_product_ids=["lat"],
-    )
-    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+    grant(client, "twide", "twide-g", "10", "10", applicable_product_ids=["lat"])
     policy(client, "twide", "5", "20")
     assert rejected_in(client, event("twide-1", "twide", values={"n": 4})) == []
     assert list(grants(client, "twide")) == ["twide-g"]
@@ -691,17 +683,7 @@ def test_reads_between_a_holds_ttl_and_a_grants_expiry_and_their_record_answer_a
     customer(client, "win")
     grant(client, "win", "w-g", "10", "10")
     expires_ms = now_ms() + 1500
-    made = contracts_pb2.Grant(
-        id="w-e",
-        customer_id="win",
-        kind=contracts_pb2.PREPAID,
-        amount="5",
-        paid_amount="5",
-        priority=-1,
-        starts_at=stamp(JAN_2024_MS),
-        expires_at=stamp(expires_ms),
-    )
-    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+    grant(client, "win", "w-e", "5", "5", priority=-1, starts_at=stamp(JAN_2024_MS), expires_at=stamp(expires_ms))
     request = balance_pb2.AuthorizeRequest(
         request_id="win-ask",
         customer_id="win",
@@ -845,15 +827,7 @@ def test_a_rollover_that_moved_nothing_made_no_grant_so_its_id_can_be_granted_wi
     the rollover would have had, `rollover-rz-g-<Feb 1>`, names none of the kernel's grants: GrantCredits takes it
     (10 credits paid 5), and 4 units drawn from it recognise 4 x 5 / 10 = 2 of its own paid amount."""
     customer(client, "rz")
-    made = contracts_pb2.Grant(
-        id="rz-g",
-        customer_id="rz",
-        kind=contracts_pb2.PREPAID,
-        amount="0.000000000001",
-        paid_amount="0.000000000001",
-        rollover_fraction="0.5",
-    )
-    client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=made))
+    grant(client, "rz", "rz-g", "0.000000000001", "0.000000000001", rollover_fraction="0.5")
     assert grants(client, "rz") == {"rz-g": ("0.000000000001", "0", "0", "0", "0.000000000001")}
     rolled_id = f"rollover-rz-g-{FEB_2024_MS}"
     assert grant(client, "rz", rolled_id, "10", "5").id == rolled_id

@@ -28,6 +28,8 @@ CARD = "cc"
 H = this_hour_ms()
 S = H - 4 * HOUR_MS
 LAST_MONTH = month_start_ms(1)
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 
 
 # Each test prices its own product (event type `work` + the card's id's tail) on its own card.

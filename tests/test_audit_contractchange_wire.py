@@ -27,7 +27,7 @@ from tariff import TariffClient, TariffError, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import preview, refusal, serving
+from tests.audit_fixtures import preview, refusal, rejected, serving, usage
 from tests.serverproc import ServerProcess
 
 
@@ -72,17 +72,6 @@ def contract(
         request.ending_before.CopyFrom(stamp(end_ms))
     client.contracts.CreateContract(request)
     return contract_id
-
-
-def usage(transaction_id: str, customer_id: str, n: float, at_ms: int) -> usage_pb2.UsageEvent:
-    return usage_pb2.UsageEvent(
-        transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
-    )
-
-
-def rejected(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, int]]:
-    ack = client.ingest_batch(list(events))
-    return [(r.transaction_id, r.reason) for r in ack.rejected]
 
 
 def close(client: TariffClient, customer_id: str, start_ms: int) -> invoices_pb2.Invoice:

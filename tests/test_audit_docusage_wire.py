@@ -26,6 +26,8 @@ from tests.serverproc import ServerProcess, wait_for
 MESSAGE_BYTES_MAX = 1024 * 1024  # --message-mb-max 1
 NO_PROXY = [("grpc.enable_http_proxy", 0)]  # the server is on 127.0.0.1, whatever the environment says
 AT_MS = now_ms() - 60_000  # every event's time: a resend is identical
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 
 
 def catalogue(client: TariffClient) -> None:

@@ -24,7 +24,7 @@ from tariff import TariffClient
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, preview, refusal, serving, this_hour_ms
+from tests.audit_fixtures import HOUR_MS, preview, refusal, rejected, serving, this_hour_ms, usage
 from tests.serverproc import ServerProcess
 
 MINUTE_MS = 60_000
@@ -92,17 +92,6 @@ def get(client: TariffClient, contract_id: str) -> contracts_pb2.Contract:
 def audit_actions(client: TariffClient, contract_id: str) -> list[str]:
     log = client.pricing.GetAuditLog(pricing_pb2.GetAuditLogRequest(target=f"contract/{contract_id}"))
     return [entry.action for entry in log.entries]
-
-
-def usage(transaction_id: str, customer_id: str, n: float, at_ms: int) -> usage_pb2.UsageEvent:
-    return usage_pb2.UsageEvent(
-        transaction_id=transaction_id, customer_id=customer_id, event_type="work", timestamp_ms=at_ms, values={"n": n}
-    )
-
-
-def rejected(client: TariffClient, *events: usage_pb2.UsageEvent) -> list[tuple[str, int]]:
-    ack = client.ingest_batch(list(events))
-    return [(r.transaction_id, r.reason) for r in ack.rejected]
 
 
 def test_an_open_ended_contract_ended_ahead_counts_usage_before_the_end_and_refuses_usage_at_or_after_it(

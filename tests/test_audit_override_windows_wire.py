@@ -25,6 +25,8 @@ MINUTE_MS = 60_000
 START_MS = this_hour_ms() - 6 * HOUR_MS
 # A contract whose first monthly period ended days ago (32 days back: a month is at most 31 days).
 CLOSED_START_MS = START_MS - 32 * 24 * HOUR_MS
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 TIERS = [
     pricing_pb2.Tier(up_to="100", unit_price="1", flat_price="10"),
     pricing_pb2.Tier(unit_price="0.5", flat_price="5"),

@@ -91,6 +91,8 @@ def set_up(client: TariffClient, policy: bool = True) -> None:
 
 
 A_MINUTE_AGO = now_ms() - 60_000  # the same instant for every event built alike: a resend is identical
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 
 
 def event(transaction_id: str, n: float, k: str = "a", at_ms: int | None = None) -> usage_pb2.UsageEvent:

@@ -195,6 +195,23 @@ def charged_by(client: TariffClient, customer_id: str, *events: usage_pb2.UsageE
     return after
 
 
+def charged_for_units(
+    server: ServerProcess, customer_id: str, event_type: str, prefix: str, *units: float, first: int = 1
+) -> list[str]:
+    """A new customer (`customer`) sending `event_type` events of n = each of `units` in turn, transaction ids
+    `prefix` numbered from `first`: the period's charges after each (`charged_by`)."""
+    events = [event(f"{prefix}{i}", customer_id, event_type, {"n": n}) for i, n in enumerate(units, first)]
+    with server.client() as client:
+        customer(client, customer_id)
+        return charged_by(client, customer_id, *events)
+
+
+def charges_and_overage(client: TariffClient, customer_id: str) -> tuple[str, str]:
+    """GetBalance's (period_charges, overage_amount)."""
+    balance = client.get_balance(customer_id)
+    return balance.period_charges, balance.overage_amount
+
+
 def grant(client: TariffClient, grant_id: str, customer_id: str, amount: str, *products: str) -> None:
     promo = contracts_pb2.Grant(
         id=grant_id,
@@ -217,45 +234,19 @@ def remaining(client: TariffClient, customer_id: str) -> dict[str, str]:
 def test_graduated_tier_edge_is_inclusive_and_the_next_tier_adds_its_flat_fee_once(server: ServerProcess) -> None:
     """up_to is inclusive: 100 units are 100 x 1 = 100, tier 2 not entered. The 101st enters tier 2: + 10 flat
     + 0.5 = 110.5. One more: 0.5 (the flat fee once): 111."""
-    with server.client() as client:
-        customer(client, "grad-c")
-        assert charged_by(
-            client,
-            "grad-c",
-            event("g1", "grad-c", "grad", {"n": 100}),
-            event("g2", "grad-c", "grad", {"n": 1}),
-            event("g3", "grad-c", "grad", {"n": 1}),
-        ) == ["100", "110.5", "111"]
+    assert charged_for_units(server, "grad-c", "grad", "g", 100, 1, 1) == ["100", "110.5", "111"]
 
 
 def test_volume_tier_edge_prices_every_unit_at_the_tier_reached_and_gives_back(server: ServerProcess) -> None:
     """VOLUME: 100 units all at 1 = 100 (the edge belongs to tier 1); 101 all at 0.5 = 50.5, so the 101st unit
     charges 50.5 - 100 = -49.5; 200 = 100 again."""
-    with server.client() as client:
-        customer(client, "vol-c")
-        assert charged_by(
-            client,
-            "vol-c",
-            event("v1", "vol-c", "vol", {"n": 100}),
-            event("v2", "vol-c", "vol", {"n": 1}),
-            event("v3", "vol-c", "vol", {"n": 99}),
-        ) == ["100", "50.5", "100"]
+    assert charged_for_units(server, "vol-c", "vol", "v", 100, 1, 99) == ["100", "50.5", "100"]
 
 
 def test_package_rounds_up_to_started_packages_over_the_line(server: ServerProcess) -> None:
     """Packages of 10 at 3: 0.5 units start one package (3); 10 fill it (still 3); 11 start a second (6); 20 fill
     it (6); 20.000001 a third (9)."""
-    with server.client() as client:
-        customer(client, "pack-c")
-        assert charged_by(
-            client,
-            "pack-c",
-            event("p1", "pack-c", "pack", {"n": 0.5}),
-            event("p2", "pack-c", "pack", {"n": 9.5}),
-            event("p3", "pack-c", "pack", {"n": 1}),
-            event("p4", "pack-c", "pack", {"n": 9}),
-            event("p5", "pack-c", "pack", {"n": 0.000001}),
-        ) == ["3", "3", "6", "6", "9"]
+    assert charged_for_units(server, "pack-c", "pack", "p", 0.5, 9.5, 1, 9, 0.000001) == ["3", "3", "6", "6", "9"]
 
 
 def test_tier_flat_fees_graduated_adds_each_entered_volume_only_the_reached(server: ServerProcess) -> None:
@@ -280,51 +271,23 @@ def test_package_sizes_are_exact_decimals(server: ServerProcess) -> None:
     """Packages of 0.3 at 1: 0 units start none (0); 0.9 are exactly 3 packages (3: in binary, three packages of
     0.3 hold 0.8999999999999999, less than 0.9); 0.1 more make 1.0, a fourth started (4); 0.2 more make 1.2, four
     exactly (4)."""
-    with server.client() as client:
-        customer(client, "pk3-c")
-        assert charged_by(
-            client,
-            "pk3-c",
-            *(event(f"z{i}", "pk3-c", "pack3", {"n": n}) for i, n in enumerate((0, 0.9, 0.1, 0.2))),
-        ) == ["0", "3", "4", "4"]
+    assert charged_for_units(server, "pk3-c", "pack3", "z", 0, 0.9, 0.1, 0.2, first=0) == ["0", "3", "4", "4"]
 
 
 def test_unit_per_units_prices_per_thousand(server: ServerProcess) -> None:
     """0.03 per 1,000: 1,500 tokens are 0.045; 1 more token 0.00003: 0.04503."""
-    with server.client() as client:
-        customer(client, "tok-c")
-        assert charged_by(
-            client,
-            "tok-c",
-            event("t1", "tok-c", "tok", {"n": 1500}),
-            event("t2", "tok-c", "tok", {"n": 1}),
-        ) == ["0.045", "0.04503"]
+    assert charged_for_units(server, "tok-c", "tok", "t", 1500, 1) == ["0.045", "0.04503"]
 
 
 def test_graduated_per_units_prices_tiers_per_thousand_with_bounds_in_units(server: ServerProcess) -> None:
     """Tiers per 1,000 with up_to in units: 1,000 units are 2 (the edge in tier 1); 500 more at 1 a thousand: 0.5,
     the line 2.5."""
-    with server.client() as client:
-        customer(client, "gk-c")
-        assert charged_by(
-            client,
-            "gk-c",
-            event("k1", "gk-c", "gradk", {"n": 1000}),
-            event("k2", "gk-c", "gradk", {"n": 500}),
-        ) == ["2", "2.5"]
+    assert charged_for_units(server, "gk-c", "gradk", "k", 1000, 500) == ["2", "2.5"]
 
 
 def test_flat_is_charged_once_a_line_is_above_zero(server: ServerProcess) -> None:
     """FLAT 7: an event adding 0 charges nothing; the first above zero 7; later ones nothing more."""
-    with server.client() as client:
-        customer(client, "fee-c")
-        assert charged_by(
-            client,
-            "fee-c",
-            event("f1", "fee-c", "fee", {"n": 0}),
-            event("f2", "fee-c", "fee", {"n": 2}),
-            event("f3", "fee-c", "fee", {"n": 5}),
-        ) == ["0", "7", "7"]
+    assert charged_for_units(server, "fee-c", "fee", "f", 0, 2, 5) == ["0", "7", "7"]
 
 
 def test_most_specific_match_wins(server: ServerProcess) -> None:
@@ -349,15 +312,11 @@ def test_an_18_place_price_is_charged_rounded_half_even_on_each_side(server: Ser
     """tiny at 10^-18: 500,000 units price 5 x 10^-13, rounded half-even to 12 places 0: charged 0. 500,000 more:
     the line's 10^-12 less 0, charged 0.000000000001. 1,500,000 more make 2,500,000: 2.5 x 10^-12 rounds half-even
     to 2 x 10^-12, the charge 0.000000000001."""
-    with server.client() as client:
-        customer(client, "tiny-c")
-        assert charged_by(
-            client,
-            "tiny-c",
-            event("y1", "tiny-c", "tiny", {"n": 500_000}),
-            event("y2", "tiny-c", "tiny", {"n": 500_000}),
-            event("y3", "tiny-c", "tiny", {"n": 1_500_000}),
-        ) == ["0", "0.000000000001", "0.000000000002"]
+    assert charged_for_units(server, "tiny-c", "tiny", "y", 500_000, 500_000, 1_500_000) == [
+        "0",
+        "0.000000000001",
+        "0.000000000002",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -399,11 +358,9 @@ def test_period_charges_reach_the_money_limit_exactly_and_refuse_one_pico_more(s
             )
             == []
         )
-        balance = client.get_balance("lim-c")
-        assert (balance.period_charges, balance.overage_amount) == (LIMIT, LIMIT)
+        assert charges_and_overage(client, "lim-c") == (LIMIT, LIMIT)
         assert rejected_in(client, event("l4", "lim-c", "tiny", {"n": 1_000_000})) == [("l4", "INVALID_EVENT")]
-        balance = client.get_balance("lim-c")
-        assert (balance.period_charges, balance.overage_amount) == (LIMIT, LIMIT)
+        assert charges_and_overage(client, "lim-c") == (LIMIT, LIMIT)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -508,8 +465,7 @@ def test_a_refund_credited_to_a_grant_for_its_product_only_does_not_pay_another(
         grant(client, "only-nb.g", "only-nb", "100", "nb")
         assert rejected_in(client, event("o1", "only-nb", "mp1", {"a": 0, "b": 100})) == []
         assert rejected_in(client, event("o2", "only-nb", "mp1", {"a": 40, "b": 1})) == []
-        balance = client.get_balance("only-nb")
-        assert (balance.period_charges, balance.overage_amount) == ("90.5", "40")
+        assert charges_and_overage(client, "only-nb") == ("90.5", "40")
         assert remaining(client, "only-nb") == {"only-nb.g": "49.5"}
 
 
@@ -521,8 +477,7 @@ def test_where_the_grant_pays_both_products_the_event_settles_as_its_net(server:
         grant(client, "any-nb.g", "any-nb", "100")
         assert rejected_in(client, event("o1", "any-nb", "mp1", {"a": 0, "b": 100})) == []
         assert rejected_in(client, event("o2", "any-nb", "mp1", {"a": 40, "b": 1})) == []
-        balance = client.get_balance("any-nb")
-        assert (balance.period_charges, balance.overage_amount) == ("90.5", "0")
+        assert charges_and_overage(client, "any-nb") == ("90.5", "0")
         assert remaining(client, "any-nb") == {"any-nb.g": "9.5"}
 
 
@@ -534,11 +489,9 @@ def test_a_net_refund_gives_back_overage_first_then_credit(server: ServerProcess
         customer(client, "net-c")
         grant(client, "net-c.g", "net-c", "7")
         assert rejected_in(client, event("n1", "net-c", "mp2", {"a": 0, "level": 12})) == []
-        balance = client.get_balance("net-c")
-        assert (balance.period_charges, balance.overage_amount) == ("12", "5")
+        assert charges_and_overage(client, "net-c") == ("12", "5")
         assert rejected_in(client, event("n2", "net-c", "mp2", {"a": 5, "level": 0})) == []
-        balance = client.get_balance("net-c")
-        assert (balance.period_charges, balance.overage_amount) == ("5", "0")
+        assert charges_and_overage(client, "net-c") == ("5", "0")
         assert remaining(client, "net-c") == {"net-c.g": "2"}
 
 
@@ -583,8 +536,7 @@ def test_a_falling_gauge_beside_an_equal_charge_touches_nothing(server: ServerPr
         grant(client, "gauge-c.g", "gauge-c", "10")
         assert authorize(client, "gauge-c", "mp2", {"a": 3, "level": 2}) == ("OK", "0")
         assert rejected_in(client, event("g2", "gauge-c", "mp2", {"a": 3, "level": 2})) == []
-        balance = client.get_balance("gauge-c")
-        assert (balance.period_charges, balance.overage_amount) == ("5", "5")
+        assert charges_and_overage(client, "gauge-c") == ("5", "5")
         assert remaining(client, "gauge-c") == {"gauge-c.g": "10"}
 
 
@@ -596,8 +548,7 @@ def test_a_grant_without_starts_at_pays_usage_dated_before_it_was_given(server: 
         grant(client, "late-c.g", "late-c", "10")
         late = this_hour_ms() - 2 * HOUR_MS + 30 * 60_000
         assert rejected_in(client, event("f1", "late-c", "fee", {"n": 1}, late)) == []
-        balance = client.get_balance("late-c")
-        assert (balance.period_charges, balance.overage_amount) == ("7", "0")
+        assert charges_and_overage(client, "late-c") == ("7", "0")
         assert remaining(client, "late-c") == {"late-c.g": "3"}
 
 
@@ -701,8 +652,7 @@ def test_a_grant_window_holds_its_start(server: ServerProcess) -> None:
         client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=promo))
         assert rejected_in(client, event("e1", "gw-c", "fee", {"n": 1}, starts - 1)) == []
         assert rejected_in(client, event("e2", "gw-c", "tok", {"n": 1500}, starts)) == []
-        balance = client.get_balance("gw-c")
-        assert (balance.period_charges, balance.overage_amount) == ("7.045", "7")
+        assert charges_and_overage(client, "gw-c") == ("7.045", "7")
         assert remaining(client, "gw-c") == {"gw-c.g": "9.955"}
 
 
@@ -834,8 +784,7 @@ def test_a_refund_gives_back_in_reverse_burn_order_and_a_charge_takes_back_what_
         assert rejected_in(client, event("e1", "r", "mp1", {"a": 0, "b": 100})) == []
         assert remaining(client, "r") == {"r.g1": "0", "r.g2": "10"}
         assert rejected_in(client, event("e2", "r", "mp1", {"a": 45, "b": 1})) == []
-        balance = client.get_balance("r")
-        assert (balance.period_charges, balance.overage_amount) == ("95.5", "0")
+        assert charges_and_overage(client, "r") == ("95.5", "0")
         assert remaining(client, "r") == {"r.g1": "9.5", "r.g2": "5"}
 
 
@@ -849,8 +798,7 @@ def test_a_charge_takes_back_overage_another_products_refund_gave_back(server: S
         grant(client, "ov.g", "ov", "60", "nb")
         assert rejected_in(client, event("e1", "ov", "mp1", {"a": 0, "b": 100})) == []
         assert rejected_in(client, event("e2", "ov", "mp1", {"a": 45, "b": 1})) == []
-        balance = client.get_balance("ov")
-        assert (balance.period_charges, balance.overage_amount) == ("95.5", "45")
+        assert charges_and_overage(client, "ov") == ("95.5", "45")
         assert remaining(client, "ov") == {"ov.g": "9.5"}
 
 
@@ -990,8 +938,7 @@ def test_the_money_limit_is_checked_on_each_charge_before_the_event_is_netted(se
         assert rejected_in(client, event("l6", "net-lim", "mp1", {"a": 0, "b": 1})) == []
         assert charges(client, "net-lim") == "170141183460469231731687254.215884105727"
         assert rejected_in(client, event("l7", "net-lim", "mp1", {"a": 40, "b": 0})) == []
-        balance = client.get_balance("net-lim")
-        assert (balance.period_charges, balance.overage_amount) == ("170141183460469231731687294.215884105727",) * 2
+        assert charges_and_overage(client, "net-lim") == ("170141183460469231731687294.215884105727",) * 2
 
 
 def test_latest_of_events_with_one_timestamp_is_the_one_ingested_last(server: ServerProcess) -> None:

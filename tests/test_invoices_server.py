@@ -36,6 +36,8 @@ END = month_start(NOW, 1)
 START_MS = int(START.timestamp() * 1000)
 END_MS = int(END.timestamp() * 1000)
 MIDDLE_MS = START_MS + 14 * DAY_MS  # version 2 prices gpt4 from here on
+# Instants above are taken at import: conftest.py skips the module once a calendar month has turned since.
+pytestmark = pytest.mark.clock_at_import
 
 
 def ts(ms: int) -> Timestamp:

@@ -28,11 +28,12 @@ from server.admin.output import (
     print_table,
 )
 from server.admin.ratecards import VERSION_COLUMNS, price_text, print_version, version_rows
-from server.admin.remote import Remote, fail, remote_command
+from server.admin.remote import Remote, as_tariff_error, fail, remote_command
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
     from google.protobuf.timestamp_pb2 import Timestamp
+    from tariff import TariffClient
     from tariff.v1 import pricing_pb2
 
 EXIT_INVALID = 1
@@ -153,10 +154,26 @@ def draft(
     )
     with remote.client() as client:
         version = client.pricing.CreateDraftVersion(request)
-    if remote.as_json:
-        print_json(version)
-    else:
-        print_version(version, "")  # no read after a change for the unit: one failing would read as the change failing
+        if remote.as_json:
+            print_json(version)
+            return
+        unit = pricing_unit_after_change(client, rate_card_id)
+    print_version(version, unit)
+
+
+def pricing_unit_after_change(client: TariffClient, rate_card_id: str) -> str:
+    """The card's pricing unit, for the price column of the version a change made (which does not name it): one more
+    read, as `ratecard show` makes. A failed read leaves the column plain `price` rather than fail the command: exit 1
+    after the change was made would read as the change failing, and a retried draft makes another version."""
+    from tariff.v1 import pricing_pb2
+
+    try:
+        card = client.pricing.GetRateCard(pricing_pb2.GetRateCardRequest(id=rate_card_id))
+    except Exception as exc:
+        if as_tariff_error(exc) is None:
+            raise
+        return ""
+    return str(card.pricing_unit)
 
 
 def print_report(report: pricing_pb2.ValidationReport) -> None:
@@ -225,14 +242,17 @@ def publish(
             request.cohort.customers_created_after.CopyFrom(timestamp(cohort_created_after))
     with remote.client() as client:
         published = client.pricing.PublishVersion(request)
-    print_published(remote, published)
+        unit = "" if remote.as_json else pricing_unit_after_change(client, rate_card_id)
+    print_published(remote, published, unit)
 
 
-def print_published(remote: Remote, published: pricing_pb2.PublishVersionResponse) -> None:
+def print_published(remote: Remote, published: pricing_pb2.PublishVersionResponse, pricing_unit: str) -> None:
+    """A publish's (or rollback's) answer: the version, its price column headed with `pricing_unit`, and what it
+    re-rated."""
     if remote.as_json:
         print_json(published)
         return
-    print_version(published.version, "")  # no read after a change for the unit: see draft
+    print_version(published.version, pricing_unit)
     # One answer, one table: the counts of customers, buckets and closed periods only when any bucket was touched.
     counts: list[tuple[str, Cell]] = [("events re-rated", published.events_rerated)]
     if published.buckets_rerated or published.closed_buckets_left_alone:
@@ -386,4 +406,5 @@ def rollback(remote: Remote, rate_card_id: str, to_version: int, effective_from:
         request.effective_from.CopyFrom(timestamp(effective_from))
     with remote.client() as client:
         published = client.pricing.RollbackRateCard(request)
-    print_published(remote, published)
+        unit = "" if remote.as_json else pricing_unit_after_change(client, rate_card_id)
+    print_published(remote, published, unit)
