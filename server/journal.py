@@ -512,6 +512,51 @@ def _refuse_another_programs(env: lmdb.Environment, path: Path) -> None:
             )
 
 
+def _open_environment(
+    path: Path, existing: bool, requested_bytes: int, map_size_bytes: int, sync: bool
+) -> lmdb.Environment:
+    """The journal's LMDB environment at path, or JournalUnopenable with what to do."""
+    # LMDB does not keep a bigger stored map by itself: an explicit smaller map_size shrinks
+    # it (down to the used pages). map_size=0 adopts the stored size, then we grow if asked.
+    try:
+        return lmdb.open(
+            str(path),
+            map_size=0 if existing else requested_bytes,
+            subdir=True,
+            sync=sync,
+            metasync=sync,
+            readahead=False,
+            max_dbs=4,
+            max_readers=_MAX_READERS,
+            lock=True,
+        )
+    except lmdb.Error as exc:
+        if not existing:
+            # LMDB may have written the new file's first page, the map asked for in it, before the map failed:
+            # every later start would adopt that map (map_size=0 above) and fail alike. It holds nothing.
+            for name in ("data.mdb", "lock.mdb"):
+                (path / name).unlink(missing_ok=True)
+        advice = _map_advice(exc, map_size_bytes) if not existing else ""
+        raise JournalUnopenable(f"cannot open the journal at {path}: {exc}{advice}") from None
+
+
+def _check_format_version(txn: lmdb.Transaction[bytes], meta_db: lmdb._Database, path: Path) -> None:
+    """Writes a new journal's format version; refuses one this release does not read, naming what to run."""
+    stored = txn.get(_FORMAT_VERSION_KEY, db=meta_db)
+    if stored is None:
+        txn.put(_FORMAT_VERSION_KEY, str(FORMAT_VERSION).encode("ascii"), db=meta_db)
+    elif stored in MIGRATABLE_FORMAT_VERSIONS:
+        raise JournalFormatError(
+            f"journal at {path} was written by an earlier Tariff (format {stored.decode('ascii')}); "
+            f"migrate it first: tariff migrate --data-dir {path.parent}"
+        )
+    elif stored != str(FORMAT_VERSION).encode("ascii"):
+        raise JournalFormatError(
+            f"journal at {path} has format version {stored.decode('ascii', 'replace')!r}; this"
+            f" Tariff reads only version {FORMAT_VERSION}: run the Tariff release that wrote it"
+        )
+
+
 class LmdbJournal:
     """The Journal on one LMDB environment (a directory). See the module docstring."""
 
@@ -531,28 +576,7 @@ class LmdbJournal:
         except OSError as exc:  # a file in the way (FileExistsError), ...: nothing was written
             raise JournalUnopenable(f"cannot open the journal at {path}: {why_not_a_directory(exc)}") from None
         existing = (path / "data.mdb").exists()
-        # LMDB does not keep a bigger stored map by itself: an explicit smaller map_size shrinks
-        # it (down to the used pages). map_size=0 adopts the stored size, then we grow if asked.
-        try:
-            env = lmdb.open(
-                str(path),
-                map_size=0 if existing else requested_bytes,
-                subdir=True,
-                sync=sync,
-                metasync=sync,
-                readahead=False,
-                max_dbs=4,
-                max_readers=_MAX_READERS,
-                lock=True,
-            )
-        except lmdb.Error as exc:
-            if not existing:
-                # LMDB may have written the new file's first page, the map asked for in it, before the map failed:
-                # every later start would adopt that map (map_size=0 above) and fail alike. It holds nothing.
-                for name in ("data.mdb", "lock.mdb"):
-                    (path / name).unlink(missing_ok=True)
-            advice = _map_advice(exc, map_size_bytes) if not existing else ""
-            raise JournalUnopenable(f"cannot open the journal at {path}: {exc}{advice}") from None
+        env = _open_environment(path, existing, requested_bytes, map_size_bytes, sync)
         try:
             _refuse_another_programs(env, path)
             if env.info()["map_size"] < requested_bytes:
@@ -567,19 +591,7 @@ class LmdbJournal:
                 self._records_db = env.open_db(_RECORDS_DB, txn=txn)
                 self._snapshots_db = env.open_db(_SNAPSHOTS_DB, txn=txn)
                 meta_db = env.open_db(_META_DB, txn=txn)
-                stored = txn.get(_FORMAT_VERSION_KEY, db=meta_db)
-                if stored is None:
-                    txn.put(_FORMAT_VERSION_KEY, str(FORMAT_VERSION).encode("ascii"), db=meta_db)
-                elif stored in MIGRATABLE_FORMAT_VERSIONS:
-                    raise JournalFormatError(
-                        f"journal at {path} was written by an earlier Tariff (format {stored.decode('ascii')}); "
-                        f"migrate it first: tariff migrate --data-dir {path.parent}"
-                    )
-                elif stored != str(FORMAT_VERSION).encode("ascii"):
-                    raise JournalFormatError(
-                        f"journal at {path} has format version {stored.decode('ascii', 'replace')!r}; this"
-                        f" Tariff reads only version {FORMAT_VERSION}: run the Tariff release that wrote it"
-                    )
+                _check_format_version(txn, meta_db, path)
                 with txn.cursor(db=self._records_db) as cursor:
                     # Cached because the sequencer asks on every batch; only this object writes.
                     self._last_seq = _seq_from_key(cursor.key()) if cursor.last() else 0

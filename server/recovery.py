@@ -15,7 +15,7 @@ from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server import oplog
 from server.explain_index import ExplainIndex
 from server.journal import Journal, Segment, SnapshotDamaged
-from server.records import RerationDone, decode_record
+from server.records import JournalRecord, RerationDone, decode_record
 
 DEDUPE_WINDOW_MS_DEFAULT = 35 * 24 * 3600 * 1000
 # A recovery that takes longer than this says how far it got, every this often.
@@ -74,6 +74,31 @@ def recover_counting(
 ) -> tuple[Billing, Backlog]:
     """`recover`, and what it replayed after the snapshot (its Backlog)."""
     skew_ms = FUTURE_SKEW_MS_DEFAULT if future_skew_ms is None else future_skew_ms
+    billing, snapshot_bytes = _starting_state(journal, explain_index, skew_ms, dedupe_window_ms)
+    progress = _RecoveryProgress(billing.last_seq, journal.last_seq(), progress_every_s)
+    if explain_index is not None:
+        billing.kernel.set_explain(explain_index.covered_seq() + 1)
+    records = events = journal_bytes = 0
+    for seq, blob in journal.read_records(billing.last_seq):
+        progress.at(seq, events)
+        records += 1
+        journal_bytes += len(blob)
+        if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
+            explain_index.write_or_stop([billing.kernel.take_explain()], seq - 1)
+        events += _replay_record(billing, seq, decode_record(blob), skew_ms)
+    billing.use_future_skew(skew_ms)  # what is received from now on
+    if explain_index is not None:
+        explain_index.write_or_stop([billing.kernel.take_explain()], billing.last_seq)
+    # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
+    # customer's tables (seconds at a million customers).
+    billing.refresh_tables()
+    return billing, Backlog(records, events, journal_bytes, snapshot_bytes)
+
+
+def _starting_state(
+    journal: Journal, explain_index: ExplainIndex | None, skew_ms: int, dedupe_window_ms: int
+) -> tuple[Billing, int]:
+    """The state replay starts from (the snapshot's, or empty) and the snapshot's bytes as a store counts them."""
     snapshot_seq = journal.snapshot_seq()
     if explain_index is not None and snapshot_seq is not None and explain_index.covered_seq() < snapshot_seq:
         # Decided from the seq alone: a snapshot the replay does not start from is neither read nor restored.
@@ -99,55 +124,41 @@ def recover_counting(
     else:
         billing = Billing(future_skew_ms=skew_ms, dedupe_window_ms=dedupe_window_ms)
     assert billing.last_seq == (snapshot[0] if snapshot else 0), "snapshot seq and state disagree"
-    progress = _RecoveryProgress(billing.last_seq, journal.last_seq(), progress_every_s)
-    if explain_index is not None:
-        billing.kernel.set_explain(explain_index.covered_seq() + 1)
-    records = events = journal_bytes = 0
-    for seq, blob in journal.read_records(billing.last_seq):
-        progress.at(seq, events)
-        records += 1
-        journal_bytes += len(blob)
-        if explain_index is not None and seq % EXPLAIN_REPLAY_RECORDS == 0:
-            explain_index.write_or_stop([billing.kernel.take_explain()], seq - 1)
-        record = decode_record(blob)
-        if record.usage is not None:
-            usage = record.usage
-            billing.use_future_skew(skew_ms if usage.future_skew_ms is None else usage.future_skew_ms)
-            events += billing.replay(
-                seq,
-                usage.batch,
-                usage.received_ms,
-                usage.digest,
-                record.alerts,
-                top_ups_in_billed_period=usage.top_ups_in_billed_period,
-                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
-                reservation_ids_bounded=usage.reservation_ids_bounded,
-                returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
-                duplicates_before_skew=usage.duplicates_before_skew,
-                refunds_netted=usage.refunds_netted,
-            )
-        elif record.rerated is not None:
-            _replay_rerated(billing, seq, record.rerated, record.alerts)
-        else:
-            assert record.command is not None and not isinstance(record.command, cmd.IngestBatch), (
-                f"record {seq}: a format-1 usage record in a format-2 journal"
-            )
-            if record.deferred:
-                assert isinstance(record.command, cmd.PublishVersion | cmd.RollbackRateCard)
-                billing.publish_deferred(record.command, seq)
-            else:
-                billing.apply(record.command, seq)
-            if billing.take_fired() != record.alerts:
-                raise RatingChanged(
-                    f"journal record {seq}: alerts changed between releases; run the release that wrote it"
-                )
-    billing.use_future_skew(skew_ms)  # what is received from now on
-    if explain_index is not None:
-        explain_index.write_or_stop([billing.kernel.take_explain()], billing.last_seq)
-    # Compiled here, before the server serves: otherwise the first read or batch after a start pays for every
-    # customer's tables (seconds at a million customers).
-    billing.refresh_tables()
-    return billing, Backlog(records, events, journal_bytes, snapshot_bytes)
+    return billing, snapshot_bytes
+
+
+def _replay_record(billing: Billing, seq: int, record: JournalRecord, skew_ms: int) -> int:
+    """Applies one journal record as it was applied when written; the events it replayed."""
+    if record.usage is not None:
+        usage = record.usage
+        billing.use_future_skew(skew_ms if usage.future_skew_ms is None else usage.future_skew_ms)
+        return billing.replay(
+            seq,
+            usage.batch,
+            usage.received_ms,
+            usage.digest,
+            record.alerts,
+            top_ups_in_billed_period=usage.top_ups_in_billed_period,
+            returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
+            reservation_ids_bounded=usage.reservation_ids_bounded,
+            returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
+            duplicates_before_skew=usage.duplicates_before_skew,
+            refunds_netted=usage.refunds_netted,
+        )
+    if record.rerated is not None:
+        _replay_rerated(billing, seq, record.rerated, record.alerts)
+        return 0
+    assert record.command is not None and not isinstance(record.command, cmd.IngestBatch), (
+        f"record {seq}: a format-1 usage record in a format-2 journal"
+    )
+    if record.deferred:
+        assert isinstance(record.command, cmd.PublishVersion | cmd.RollbackRateCard)
+        billing.publish_deferred(record.command, seq)
+    else:
+        billing.apply(record.command, seq)
+    if billing.take_fired() != record.alerts:
+        raise RatingChanged(f"journal record {seq}: alerts changed between releases; run the release that wrote it")
+    return 0
 
 
 def _stored_snapshot(journal: Journal) -> tuple[int, bytes, list[Segment]] | None:
