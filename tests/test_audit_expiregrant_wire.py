@@ -288,3 +288,19 @@ def test_the_cli_expires_a_grant_and_says_why_it_refuses(server: ServerProcess) 
     assert past.returncode == 1 and past.stderr.startswith("tariff: FAILED_PRECONDITION:"), past.stderr
     unknown = tariff(server, "grant", "expire", "nope", "--customer", "x5", "--at", at_text, check=False)
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr and "nope" in unknown.stderr, unknown.stderr
+
+
+def test_a_watcher_of_the_customer_gets_its_balance_again_after_the_expiry_is_moved(server: ServerProcess) -> None:
+    """WatchBalance of `x6` sends the current balance, then, once g6's expiry at H + 1 h commits, the balance again
+    with that record's later as_of_seq, g6 showing its new expires_at (a grant's change is the customer's)."""
+    h = this_hour_ms()
+    with server.client() as client:
+        customer_with_grant(client, "x6", "g6")
+        call = client.balance.WatchBalance(balance_pb2.WatchBalanceRequest(customer_id="x6"), timeout=30)
+        stream = iter(call)
+        first = next(stream)
+        expire(client, "x6", "g6", h + HOUR_MS)
+        after = next(stream)
+        assert after.as_of_seq > first.as_of_seq
+        assert [g.expires_at.ToMilliseconds() for g in after.grants if g.grant_id == "g6"] == [h + HOUR_MS]
+        call.cancel()
