@@ -304,3 +304,30 @@ def test_a_watcher_of_the_customer_gets_its_balance_again_after_the_expiry_is_mo
         assert after.as_of_seq > first.as_of_seq
         assert [g.expires_at.ToMilliseconds() for g in after.grants if g.grant_id == "g6"] == [h + HOUR_MS]
         call.cancel()
+
+
+def test_a_top_up_grant_the_server_made_is_ended_early_by_its_id(server: ServerProcess) -> None:
+    """`x7`: no grant of its own, a top-up policy (below 5, up to 10 credits at 0.1 USD each). 1 unit dated in the hour
+    before H is overage and buys a TOP_UP grant of 10 credits (its id the server's, top-up-<period start>-1); 1 more
+    draws 1 of it. ExpireGrant of it (customer x7, that id) at now + 2 s answers it as a TOP_UP grant expiring then;
+    once broken GetBalance shows it drawn 1, expired 9 (10 = 1 + 0 + 0 + 9), and revenue breakage 9 x 0.1 = 0.9 USD."""
+    h = this_hour_ms()
+    with server.client() as client:
+        s = month_start(h, -1)
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="x7"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(id="k-x7", customer_id="x7", rate_card_id="card", starting_at=stamp(s))
+        )
+        policy = contracts_pb2.TopUpPolicy(threshold="5", recharge_to="10", price_per_credit="0.1", max_per_period=3)
+        client.contracts.SetTopUpPolicy(contracts_pb2.SetTopUpPolicyRequest(contract_id="k-x7", top_up=policy))
+        assert rejected(client, usage("d1", "x7", 1, h - HOUR_MS)) == []
+        assert rejected(client, usage("d2", "x7", 1, h - HOUR_MS + 1)) == []
+        balance = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="x7"))
+        (top_up_id,) = [g.grant_id for g in balance.grants if g.kind == contracts_pb2.TOP_UP]
+        assert top_up_id.startswith("top-up-") and top_up_id.endswith("-1"), top_up_id
+        e = now_ms() + 2_000
+        answer = expire(client, "x7", top_up_id, e)
+        assert (answer.id, answer.kind, answer.expires_at.ToMilliseconds()) == (top_up_id, contracts_pb2.TOP_UP, e)
+        shown = wait_for_expired(client, "x7", top_up_id, "9")
+        assert (shown.amount, shown.drawn, shown.remaining, shown.expired) == ("10", "1", "0", "9") and conserved(shown)
+        assert Decimal(revenue(client, "x7", s, month_start(h, 2)).reconciliation.breakage) == Decimal("0.9")
