@@ -242,6 +242,8 @@ class Kernel:
         expiry breaks at once (False: at the next AdvanceClock, as releases stored before it)."""
     def set_top_up(self, customer_id: str, policy: tuple[int, int, int, int] | None) -> bool:
         """policy: (threshold_picos, recharge_to_picos, price_per_credit_e18, max_per_period); None clears."""
+    def set_grant_expiry(self, customer_id: str, grant_id: str, expires_at_ms: int) -> bool:
+        """Moves one grant's expiry and reschedules what is due; False for an unknown customer or grant."""
     def top_up_policy(self, customer_id: str) -> tuple[int, int, int, int] | None: ...
     def top_up_purchases(self, customer_id: str) -> list[tuple[int, str, int, int, int, int]]:
         """[(period_start_ms, grant_id, credits_picos, price_per_credit_e18, cost_e30, at_ms)], oldest first."""

@@ -294,7 +294,7 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
             return f"contract/{result.id}"
         case cmd.AddOverride(contract_id=ident) | cmd.EndContract(contract_id=ident):
             return f"contract/{ident}"
-        case cmd.GrantCredits(id=ident):
+        case cmd.GrantCredits(id=ident) | cmd.ExpireGrant(grant_id=ident):
             return f"grant/{ident}"
         case cmd.RollbackRateCard(rate_card_id=card_id):
             assert isinstance(result, PublishResult)

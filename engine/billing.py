@@ -151,6 +151,8 @@ class Billing(PublishSteps, BillingReads):
         self.engine.period_read = self._period_read
         self.engine.kernel_recorded = self._kernel_recorded
         self.engine.hours_recorded = self._hours_recorded
+        self.engine.made_grant = self._made_grant
+        self.engine.grant_expiry_moved = self._grant_expiry_moved
 
     @property
     def last_seq(self) -> int:
@@ -183,6 +185,8 @@ class Billing(PublishSteps, BillingReads):
             return self._publish_and_rerate(command, seq)
         if isinstance(command, cmd.GrantCredits):
             self._refuse_made_grant_id(command)
+        if isinstance(command, cmd.ExpireGrant):
+            self.refresh_tables()  # the kernel holds every grant GrantCredits gave, to move its expiry
         result = self.engine.apply(command, seq)
         if isinstance(command, cmd.DeleteAlertRule):
             self._sync_tracking()  # changes no table; the rule index starts over (a new dict of rules)
@@ -205,6 +209,23 @@ class Billing(PublishSteps, BillingReads):
             self._customers_stale.add(customer_id)
             self._fired.extend(self._evaluate_alerts([customer_id], command.at_ms, seq))
         return result
+
+    def _made_grant(self, customer_id: str, grant_id: str) -> Grant | None:
+        """The grant the kernel made for the customer under `grant_id` (a top-up's, a rollover's), as the control
+        plane's records would show it (credits.made_grants), or None: ExpireGrant moves its expiry too."""
+        if customer_id not in self.engine.state.accounts:
+            return None
+        rows = self.kernel.made_grants(customer_id)
+        row = next((made for made in rows if made[0] == grant_id), None)
+        if row is None:
+            return None
+        contract = self.engine._contract_at(customer_id, row[4])  # the contract its start is in, if any
+        return credits.made_grants(self, customer_id, contract.id if contract else "", rows)[grant_id]
+
+    def _grant_expiry_moved(self, customer_id: str, grant_id: str, expires_at_ms: int) -> bool:
+        """ExpireGrant's change in the kernel: the grant's expiry moved and what falls due rescheduled (False: the
+        kernel holds no such grant)."""
+        return self.kernel.set_grant_expiry(customer_id, grant_id, expires_at_ms)
 
     def _refuse_made_grant_id(self, command: cmd.GrantCredits) -> None:
         """AlreadyExists when the server set `made_ids_refused` and the grant's id is one the kernel gave a grant it
@@ -600,7 +621,7 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
     match command:
         case cmd.CreateCustomer(id=customer_id):
             return customer_id
-        case cmd.CreateContract() | cmd.AddOverride() | cmd.EndContract() | cmd.GrantCredits():
+        case cmd.CreateContract() | cmd.AddOverride() | cmd.EndContract() | cmd.GrantCredits() | cmd.ExpireGrant():
             assert isinstance(result, Contract | Grant)
             return result.customer_id
         case cmd.ClosePeriod():

@@ -231,6 +231,18 @@ class EndContract(msgspec.Struct, frozen=True, tag="end_contract"):
     ending_before_ms: int
 
 
+class ExpireGrant(msgspec.Struct, frozen=True, tag="expire_grant"):
+    """Moves a grant's expires_at earlier, or sets it on a grant with none (engine/grants.py `_expire_grant`; the
+    kernel's usage hours and grants it reads and the kernel's grant it moves, engine/billing.py). A command kind
+    of its own, new with its rules: no record of an earlier release holds one, so it needs no server-set field."""
+
+    at_ms: int
+    actor: str
+    customer_id: str
+    grant_id: str
+    expires_at_ms: int
+
+
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
 # earlier releases. What was asked is the same with or without them, so neither a retry's fingerprint
 # (engine/control.py) nor the audit log's entry (engine/audit.py) holds them: replaying an earlier record then
@@ -529,6 +541,7 @@ AdminCommand = (
     | AddOverride
     | EndContract
     | GrantCredits
+    | ExpireGrant
     | RollbackRateCard
     | CreateAlert
     | DeleteAlertRule

@@ -1,15 +1,28 @@
-"""Credit grants: GrantCredits, validated and recorded (the kernel holds their balances)."""
+"""Credit grants: GrantCredits, validated and recorded (the kernel holds their balances); ExpireGrant, ending one
+early."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+
+import msgspec
 
 from engine import commands as cmd
 from engine.control import ControlPlane, check_applied_id, keeping_print, shared_int
-from engine.errors import MADE_BY_ANOTHER_REQUEST, AlreadyExists, FailedPrecondition, InvalidArgument, LimitReached
+from engine.errors import (
+    MADE_BY_ANOTHER_REQUEST,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitReached,
+    NotFound,
+    Repeated,
+)
 from engine.instants import iso
 from engine.ledger import Grant, GrantKind
 from engine.money import DECIMAL_CONTEXT, parse_decimal, to_picos
+from engine.ratecard import HOUR_MS
 
 # Grants GrantCredits gives one customer at most: each is listed in its balance (GetBalance, WatchBalance) and its
 # contracts, one message each, never paged, and read where its usage draws. Checked when a command the server
@@ -18,6 +31,14 @@ GRANTS_PER_CUSTOMER_MAX = 1_000
 
 
 class GrantCommands(ControlPlane):
+    # The kernel's side of ExpireGrant, set by engine/billing.py (class defaults, so the Engine dataclass keeps its
+    # fields): the grant the kernel made for a customer under an id (top-up-..., rollover-...; the control plane
+    # holds no record of it), as a record; and the kernel's move of a grant's expiry (False: it knows no such grant).
+    made_grant: Callable[[str, str], Grant | None] | None = None
+    grant_expiry_moved: Callable[[str, str, int], bool] | None = None
+    # The hours in which the kernel holds usage of a customer (engine/customers.py declares and documents it).
+    hours_recorded: Callable[[str], list[int]] | None
+
     def _grant_credits(self, c: cmd.GrantCredits) -> Grant:
         if c.id:
             check_applied_id(c.id, "grant.id")
@@ -92,6 +113,68 @@ class GrantCommands(ControlPlane):
         account.grants = (*account.grants, grant)
         self._grant_ids.add(grant.id)
         return grant
+
+    def _expire_grant(self, c: cmd.ExpireGrant) -> Grant:
+        """Moves the grant's expiry earlier (or sets one), within contracts.proto ExpireGrant's rules, checked in its
+        order; Repeated when the grant already expires there (a retry). The grant then expires as one granted with
+        that expiry: the kernel breaks what it holds then, and a rollover after it is not made."""
+        if not c.customer_id:
+            raise InvalidArgument.field("customer_id", "is required: the customer whose grant expires")
+        if not c.grant_id:
+            raise InvalidArgument.field("grant_id", "is required: the grant to expire")
+        self.customer(c.customer_id)  # NotFound
+        record = next((g for g in self.state.accounts[c.customer_id].grants if g.id == c.grant_id), None)
+        assert self.made_grant is not None and self.grant_expiry_moved is not None, "set by engine/billing.py"
+        grant = record or self.made_grant(c.customer_id, c.grant_id)
+        if grant is None:
+            raise NotFound(f"customer {c.customer_id!r} has no grant {c.grant_id!r}")
+        new_ms, held_ms = c.expires_at_ms, grant.expires_at_ms
+        if new_ms <= grant.starts_at_ms:
+            raise InvalidArgument.field("expires_at", f"must be after the grant's starts_at {iso(grant.starts_at_ms)}")
+        if held_ms == new_ms:
+            raise Repeated(grant)
+        if held_ms is not None and held_ms <= c.at_ms:
+            raise FailedPrecondition(
+                f"grant {grant.id!r} has already expired, at {iso(held_ms)}: an expiry that has passed is not moved"
+            )
+        if new_ms < c.at_ms:
+            raise FailedPrecondition(
+                f"grant {grant.id!r} cannot expire at {iso(new_ms)}, before now ({iso(c.at_ms)}): what it paid "
+                "for stays paid"
+            )
+        if held_ms is not None and new_ms > held_ms:
+            raise FailedPrecondition(
+                f"grant {grant.id!r} cannot expire at {iso(new_ms)}, after its expiry {iso(held_ms)}: an expiry is "
+                "only moved earlier"
+            )
+        self._check_no_usage_after(grant, new_ms)
+        moved = self.grant_expiry_moved(c.customer_id, grant.id, new_ms)
+        if record is None:
+            assert moved, f"the kernel made grant {grant.id!r}, so it holds it"
+            return msgspec.structs.replace(grant, expires_at_ms=new_ms)
+        # A retry of the GrantCredits that made it still answers it: the request it restates names the old expiry.
+        record.request = self._held_print(record) or b""
+        record.expires_at_ms = new_ms
+        # As GrantCredits sets it now: a rolling grant expiring exactly at its period's end rolls over there.
+        record.expiring_at_rollover_rolls = True
+        return record
+
+    def _check_no_usage_after(self, grant: Grant, expires_at_ms: int) -> None:
+        """FAILED_PRECONDITION naming the latest hour holding usage of the customer that ends after `expires_at_ms`
+        and in which the grant could pay (after its start, before its current expiry): it may have drawn on the
+        grant. Usage is kept by the hour, so an hour holding the new expiry off the hour counts whole, and usage of
+        any product counts (conservative: the kernel keeps no draws by hour). Events dated ahead of the clock
+        (within --future-skew-s) can be there."""
+        assert self.hours_recorded is not None, "the engine reads the kernel's hours through it (engine/billing.py)"
+        held_end = grant.expires_at_ms if grant.expires_at_ms is not None else 2**63
+        floor_ms = max(expires_at_ms, grant.starts_at_ms)
+        hours = [h for h in self.hours_recorded(grant.customer_id) if h + HOUR_MS > floor_ms and h < held_end]
+        if hours:
+            raise FailedPrecondition(
+                f"grant {grant.id!r} cannot expire at {iso(expires_at_ms)}: usage of customer {grant.customer_id!r} "
+                f"is recorded in the hour from {iso(max(hours))}, which could have drawn on it after that expiry "
+                "(an hour's usage counts whole)"
+            )
 
     def _grant_owner(self, c: cmd.GrantCredits) -> str:
         """The customer the grant is for: named directly, or through its contract (both must agree)."""

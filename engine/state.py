@@ -107,6 +107,8 @@ class Engine(
                 return self._end_contract(command)
             case cmd.GrantCredits():
                 return self._grant_credits(command)
+            case cmd.ExpireGrant():
+                return self._expire_grant(command)
             case cmd.RollbackRateCard():
                 return self._rollback(command)
             case cmd.CreateAlert():

@@ -204,6 +204,7 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.ContractService/AddOverride": _rule(ADMIN, Scope.CONTRACT, "contract_id"),
     "/tariff.v1.ContractService/EndContract": _rule(ADMIN, Scope.CONTRACT, "contract_id"),
     "/tariff.v1.ContractService/GrantCredits": _rule(ADMIN, Scope.GRANT),
+    "/tariff.v1.ContractService/ExpireGrant": _rule(ADMIN, Scope.FIELD, "customer_id"),
     "/tariff.v1.ContractService/SetTopUpPolicy": _rule(ADMIN, Scope.CONTRACT, "contract_id"),
     "/tariff.v1.InvoiceService/PreviewInvoice": _rule(_READ, Scope.FIELD, "customer_id"),
     "/tariff.v1.InvoiceService/ExplainLineItem": _rule(_READ, Scope.FIELD, "customer_id"),

@@ -1286,6 +1286,39 @@ class ReferenceCredits(ReferenceRating):
         """As GrantCredits, any grant given a rollover fraction, whether or not it will expire before it could roll."""
         return next((g.id for g in self.grants if g.id in self.rollover_given and g.starts_at_ms >= end_ms), None)
 
+    def expire_grant(self, grant_id: str, expires_ms: int, at_ms: int) -> tuple[str, int | None]:
+        """ExpireGrant of grant `grant_id` at `expires_ms`, requested at `at_ms`, by contracts.proto's rules in the
+        order they are checked: ("expired", None) when taken, ("repeated", None) when the grant already expires
+        there; refused, nothing changed: ("unknown", None) (NOT_FOUND), ("after starts_at", None) for an expiry at or
+        before its start (INVALID_ARGUMENT), ("already expired", None) when the expiry held has passed, ("before
+        now", None) for a retroactive expiry, ("only earlier", None) for one after the expiry held, ("usage", hour)
+        when usage is recorded in an hour ending after the new expiry, after the grant's start and before the expiry
+        held (`hour` the latest such hour's first instant: whatever its products). Taken, the grant expires there as
+        one granted so: it breaks what it holds then at the next tick, and, given a rollover fraction, rolls over at
+        its month's end only when the expiry is exactly that end (ExpireGrant marks it as GrantCredits does now)."""
+        grant = next((g for g in self.grants if g.id == grant_id), None)
+        if grant is None:
+            return "unknown", None
+        held_ms = grant.expires_at_ms
+        if expires_ms <= grant.starts_at_ms:
+            return "after starts_at", None
+        if expires_ms == held_ms:
+            return "repeated", None
+        if held_ms is not None and held_ms <= at_ms:
+            return "already expired", None
+        if expires_ms < at_ms:
+            return "before now", None
+        if held_ms is not None and expires_ms > held_ms:
+            return "only earlier", None
+        held_end = NEVER_MS if held_ms is None else held_ms
+        floor_ms = max(expires_ms, grant.starts_at_ms)
+        hours = [h for h in self.hours_recorded if h + HOUR_MS > floor_ms and h < held_end]
+        if hours:
+            return "usage", max(hours)
+        grant.expires_at_ms = expires_ms
+        self.expiring_at_rollover_rolls.add(grant.id)
+        return "expired", None
+
     def held(self, grant_id: str) -> Decimal:
         return sum(
             (r.held.get(grant_id, Decimal(0)) for r in self.reservations.values() if not r.ended), start=Decimal(0)

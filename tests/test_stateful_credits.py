@@ -23,7 +23,9 @@ replaying the records from scratch gives those bytes too.
 Contracts end too (EndContract, at ends drawn from now, from the latest usage sent, which may be minutes ahead, from
 an hour boundary or February's start, on and off them): each answer is the oracle's (taken, a retry, or the refusal
 and the hour it names), usage dated at or after the end is NO_ACTIVE_CONTRACT, and a balance read once the contract
-has ended has no current period.
+has ended has no current period. Grants end early too (ExpireGrant, of any grant of the customer, the kernel's
+included, at expiries drawn from now, the latest usage sent, an hour boundary, February's start, the grant's start,
+the expiry it has and a day after it): each answer is the oracle's, and the grant then expires as one granted so.
 
 Not modelled (the oracle has no rules for them, so no rule does them): invoices' contents, a version effective before
 usage already rated (re-rating), overrides, a second contract, and ids the kernel forgets after the 35-day dedupe
@@ -658,6 +660,62 @@ class Credits(RuleBasedStateMachine):
         held = self.billing.engine.contract(f"k-{customer}").ending_before_ms
         assert held == oracle.contract_end_ms, (held, oracle.contract_end_ms)
 
+    # Grants ended early -----------------------------------------------------------------------------------
+
+    @rule(
+        customer=st.sampled_from(CUSTOMERS),
+        which=st.integers(0, 7),
+        at=st.sampled_from(["now", "sent", "hour", "feb", "start", "again", "later"]),
+        offset=st.sampled_from([0, 0, 1, -1, 2 * MINUTE_MS, HOUR_MS, DAY_MS]),
+    )
+    def expire_grant(self, customer: str, which: int, at: str, offset: int) -> None:
+        """ExpireGrant of one of the customer's grants (its own, a top-up or a ROLLOVER grant the kernel made), its
+        new expiry drawn from now, from the latest usage sent for the customer, from the next hour boundary, from
+        February's start, the grant's start, the expiry it has, or a day after that: taken, a retry, or refused,
+        each as the oracle's rules say, nothing changed by a refusal."""
+        self.catch_up()
+        oracle = self.oracles[customer]
+        if not oracle.grants:
+            return
+        grant = oracle.grants[which % len(oracle.grants)]
+        sent = [e.timestamp_ms for e in self.sent if e.customer_id == customer]
+        held = grant.expires_at_ms if grant.expires_at_ms is not None else self.now + DAY_MS
+        base = {
+            "now": self.now,
+            "sent": max(sent, default=self.now),
+            "hour": -(-self.now // HOUR_MS) * HOUR_MS,
+            "feb": FEB_MS,
+            "start": grant.starts_at_ms,
+            "again": held,
+            "later": held + DAY_MS,
+        }[at]
+        expires_ms = base + (0 if at == "again" else offset)
+        expected = oracle.expire_grant(grant.id, expires_ms, self.now)
+        command = cmd.ExpireGrant(self.now, ACTOR, customer, grant.id, expires_ms)
+        got: tuple[str, int | None]
+        refusal = ""
+        try:
+            self.run_fresh(command)
+            got = ("expired", None)
+        except Repeated:
+            got = ("repeated", None)
+        except InvalidArgument as exc:
+            assert "expires_at" in str(exc), exc
+            got = ("after starts_at", None)
+        except FailedPrecondition as exc:
+            got = expire_refusal(str(exc))
+            refusal = str(exc)
+        assert got == expected, (customer, grant.id, at, offset, expires_ms, self.now, got, expected, refusal)
+        statistic(f"expire {at}: {got[0]}")
+        shown = next(g.grant for g in self.billing.balance(customer, self.now).grants if g.grant.id == grant.id)
+        assert shown.expires_at_ms == grant.expires_at_ms, (shown.expires_at_ms, grant.expires_at_ms)
+        if got[0] == "expired" and expires_ms == self.now and self.now + 1 - self.start < HORIZON_MS:
+            # Expiring at the instant the clock last recorded: a read projects the breakage the clock's next look
+            # records (the kernel's clock moves only when something is due), which `projected` models only for
+            # time passed since that look. The next look, 1 ms on, records it.
+            self.now += 1
+            self.tick()
+
     def run_fresh(self, command: cmd.AdminCommand) -> None:
         """`run`, but a Repeated raised (EndContract answers one of its own)."""
         self.billing.apply(command, self.billing.last_seq + 1)
@@ -811,6 +869,21 @@ def end_refusal(message: str) -> tuple[str, int | None]:
         if says in message:
             return kind, None
     raise AssertionError(f"EndContract refused for no documented reason: {message}")
+
+
+def expire_refusal(message: str) -> tuple[str, int | None]:
+    """An ExpireGrant refusal (FAILED_PRECONDITION) in ReferenceCredits.expire_grant's terms, read from its message."""
+    hour = re.search(r"in the hour from (\S+), which could have drawn on it", message)
+    if hour:
+        return "usage", round(datetime.fromisoformat(hour.group(1).replace("Z", "+00:00")).timestamp() * 1000)
+    for kind, says in (
+        ("already expired", "has already expired"),
+        ("before now", "before now"),
+        ("only earlier", "only moved earlier"),
+    ):
+        if says in message:
+            return kind, None
+    raise AssertionError(f"ExpireGrant refused for no documented reason: {message}")
 
 
 def expired(grant: RGrant, now_ms: int) -> bool:

@@ -14,7 +14,7 @@ from server.admin.alerts import alerts
 from server.admin.audit import audit
 from server.admin.balance import authorize, balance
 from server.admin.contracts import contracts
-from server.admin.credits import grants, release, reserve, topup
+from server.admin.credits import grant, grants, release, reserve, topup
 from server.admin.customers import customers
 from server.admin.explain import explain
 from server.admin.invoices import invoices
@@ -40,6 +40,7 @@ COMMANDS: tuple[click.Command, ...] = (
     invoices,
     revenue,
     grants,
+    grant,
     topup,
     contracts,
     reserve,

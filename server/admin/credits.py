@@ -1,9 +1,10 @@
-"""`tariff grants`, `tariff topup set|clear|show`, `tariff reserve` and `tariff release`: a customer's credit grants,
+"""`tariff grants`, `tariff grant expire`, `tariff topup set|clear|show`, `tariff reserve` and `tariff release`: a customer's credit grants,
 its automatic top-up, and holding credit as a gateway does (ContractService, BalanceService)."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 import click
@@ -22,6 +23,7 @@ from server.admin.output import (
     when,
 )
 from server.admin.remote import Remote, remote_command
+from server.admin.versions import UtcTime, timestamp
 
 
 @click.command()
@@ -229,3 +231,38 @@ def release(remote: Remote, customer_id: str, reservation_id: str) -> None:
         return
     label = unit_suffix(unit)
     print_fields([("reservation", reservation_id), (f"released{label}", released.released_amount)])
+
+
+@click.group("grant")
+def grant() -> None:
+    """Change one of a customer's grants (`tariff grants CUSTOMER` lists them)."""
+
+
+@grant.command("expire")
+@click.argument("grant_id")
+@click.option("--customer", "customer_id", required=True, help="the customer whose grant it is")
+@click.option("--at", "at", type=UtcTime(), required=True, help="the grant's new expiry: what it holds then breaks")
+@remote_command
+def expire_grant(remote: Remote, grant_id: str, customer_id: str, at: datetime) -> None:
+    """Ends GRANT_ID early: moves its expiry to --at (or sets one). What it still holds then is breakage, as for a
+    grant created expiring then. Refused when the grant has expired, --at is in the past or after its expiry, or
+    usage is recorded after --at. Sending the expiry it has changes nothing. With --json: the grant."""
+    from tariff.v1 import contracts_pb2
+
+    request = contracts_pb2.ExpireGrantRequest(customer_id=customer_id, grant_id=grant_id, expires_at=timestamp(at))
+    with remote.client() as client:
+        found = client.contracts.ExpireGrant(request, timeout=client.default_timeout_s)
+    if remote.as_json:
+        print_json(found)
+        return
+    print_fields(
+        [
+            ("id", found.id),
+            ("customer", found.customer_id),
+            ("kind", contracts_pb2.GrantKind.Name(found.kind)),
+            ("amount", found.amount),
+            ("starts", when(found.starts_at, found.HasField("starts_at"))),
+            ("expires", when(found.expires_at, found.HasField("expires_at"))),
+        ],
+        title=f"grant {found.id}",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 
@@ -14,7 +15,7 @@ from engine import commands as cmd
 from engine import credits
 from engine.billing import Billing
 from engine.contracts import Contract, Customer, Override
-from engine.control import DAY_MS, EVENT_MAP_ENTRIES_MAX, TEXT_BYTES_MAX, check_reference, quoted_id
+from engine.control import DAY_MS, EVENT_MAP_ENTRIES_MAX, TEXT_BYTES_MAX, check_id, check_reference, quoted_id
 from engine.customers import OVERRIDES_PER_CONTRACT_MAX, override_id, overrides_full
 from engine.errors import EngineError, InvalidArgument
 from engine.invoices import CURRENCIES
@@ -210,6 +211,21 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         return self._sent_contract(contract.id, f"contract {contract.id!r} was ended")
 
     @unary
+    async def ExpireGrant(self, request: contracts_pb2.ExpireGrantRequest, context: Context) -> contracts_pb2.Grant:
+        """Moves the grant's expiry earlier, or sets one (contracts.proto ExpireGrant); the engine holds the rules
+        that read the grant, and the kernel's usage (engine/grants.py `_expire_grant`)."""
+        check_reference(request.customer_id, "customer_id", self.engine.state.customers)
+        _check_grant_id(request.grant_id)
+        expires_at_ms = convert.optional_ms(request, "expires_at")
+        if expires_at_ms is None:
+            raise InvalidArgument.field("expires_at", "is required: the grant's new expiry")
+        command = cmd.ExpireGrant(
+            self.clock_ms(), actor_of(context), request.customer_id, request.grant_id, expires_at_ms
+        )
+        grant = await self._apply(command, Grant)
+        return convert.grant_pb(grant)
+
+    @unary
     async def GrantCredits(self, request: contracts_pb2.GrantCreditsRequest, context: Context) -> contracts_pb2.Grant:
         grant_of = request.grant
         if grant_of.customer_id:
@@ -372,3 +388,16 @@ def _threshold_text(request: contracts_pb2.SetTopUpPolicyRequest) -> str:
             "top_up.threshold", "must be above 0: available credit is never below 0, so the policy would never buy"
         )
     return text
+
+
+# The ids of the grants the server makes (credits.rs: top-up-<period start ms>-<n>, rollover-<grant>-<period end
+# ms>, each with '+' added while taken): longer than a chosen id may be (a rollover's holds its grant's whole id).
+_MADE_GRANT_ID = re.compile(r"(top-up|rollover)-[A-Za-z0-9._:@+-]{1,240}")
+
+
+def _check_grant_id(grant_id: str) -> None:
+    """ExpireGrant's grant_id: required, and an id by the rule of chosen ids or one the server makes."""
+    if not grant_id:
+        raise InvalidArgument.field("grant_id", "is required: the grant to expire")
+    if _MADE_GRANT_ID.fullmatch(grant_id) is None:
+        check_id(grant_id, "grant_id")

@@ -879,6 +879,18 @@ impl Kernel {
         py.detach(|| self.change(|k| k.set_top_up(customer_id, policy)))
     }
 
+    /// Moves one grant's expiry to `expires_at_ms` and reschedules what is due (ExpireGrant: engine/grants.py
+    /// checks its rules). False, changing nothing, for an unknown customer or grant.
+    fn set_grant_expiry(
+        &self,
+        py: Python<'_>,
+        customer_id: &str,
+        grant_id: &str,
+        expires_at_ms: i64,
+    ) -> PyResult<bool> {
+        py.detach(|| self.change(|k| k.set_grant_expiry(customer_id, grant_id, expires_at_ms)))
+    }
+
     /// The customer's top-up policy (threshold, recharge_to, price_per_credit_e18, max_per_period) or None.
     fn top_up_policy(&self, customer_id: &str) -> PyResult<Option<(i128, i128, i128, u32)>> {
         let kernel = self.read()?;

@@ -770,6 +770,25 @@ impl Kernel {
         true
     }
 
+    /// Moves grant `grant_id` of the customer to expire at `expires_at_ms` (ContractService.ExpireGrant; the
+    /// control plane checks its rules: only earlier, never before the clock) and reschedules what is due, so the
+    /// grant then expires as one granted with that expiry does: `advance_account` breaks what it still holds
+    /// then, and `rollover_at` makes no rollover after it. False, changing nothing, for an unknown customer or
+    /// grant. A grant the tables name must be given the same expiry there, or their next install moves it back.
+    pub fn set_grant_expiry(&mut self, customer_id: &str, grant_id: &str, expires_at_ms: i64) -> bool {
+        let window_ms = self.rater.catalog.dedupe_window_ms;
+        let Kernel { accounts, clock, due, .. } = self;
+        let Some(account) = accounts.get_mut(customer_id) else { return false };
+        let Some(grant) = account.grants.iter_mut().find(|g| *g.id == *grant_id) else { return false };
+        grant.expires_at_ms = Some(expires_at_ms);
+        if grant.remaining > 0 {
+            clock.note_due(expires_at_ms); // as install notes a grant's expiry
+        }
+        account.index_grants(); // the burn order reads the expiry (earliest first)
+        due.refresh(customer_id, account, window_ms);
+        true
+    }
+
     /// The time up to which everything due was done (reservations expired, breakage recorded):
     /// when something is due by `now_ms`, moves the kernel's clock there (never back) and does it;
     /// otherwise changes nothing. Returns (reservations expired, breakage
@@ -1351,5 +1370,47 @@ mod tests {
         assert_eq!(retried(&mut kernel, NOW + 20, Named(1_500)), Err(CONFLICT.into()));
         // An ended hold keeps no TTL: naming the one it was given is taken for another request.
         assert_eq!(retried(&mut kernel, NOW + 20, Named(60_000)), Err(CONFLICT.into()));
+    }
+
+    #[test]
+    fn a_grant_whose_expiry_is_moved_earlier_breaks_what_it_holds_then() {
+        let mut kernel = kernel(); // 10 credits in grant `g`, no expiry
+        kernel.ingest(&calls_batch("b", 1), NOW, 1).expect("rates"); // 2.5 drawn
+        assert!(!kernel.set_grant_expiry("c", "unknown", NOW + 100));
+        assert!(!kernel.set_grant_expiry("nobody", "g", NOW + 100));
+        assert!(kernel.set_grant_expiry("c", "g", NOW + 100));
+        kernel.check_due_index().expect("the new expiry indexed");
+        assert_eq!(kernel.due_accounts(NOW + 99), None);
+        assert_eq!(kernel.advance_clock(NOW + 99), (0, 0));
+        assert_eq!(kernel.advance_clock(NOW + 100), (0, 1)); // due at the new expiry: one breakage entry
+        let credits = kernel.account_credits("c").expect("broke");
+        assert_eq!(credits.breakage.iter().map(|b| b.credits).sum::<Picos>(), 7_500_000_000_000);
+        assert_eq!(kernel.balance("c", NOW + 100).expect("known").remaining, 0);
+        let restored = Kernel::restore(&kernel.snapshot()).expect("restores");
+        assert_eq!(restored.snapshot(), kernel.snapshot());
+    }
+
+    /// Grants `g` (10 credits) and `later` (10, granted after it, same priority): both without expiry, g burns
+    /// first (creation order); `later` given an expiry burns first (earliest expiry first), and the next call draws it.
+    #[test]
+    fn a_grant_whose_expiry_is_moved_earlier_takes_its_place_in_the_burn_order() {
+        let mut customer = calls_customer("c", "k", true, "10000000000000".into(), None);
+        let mut later = calls_customer("c", "k", true, "10000000000000".into(), None).grants.remove(0);
+        (later.id, later.creation_order) = ("later".into(), 1);
+        customer.grants.push(later);
+        let mut kernel = crate::authorize::tests::loaded(calls_tables(format!("25{}", &SCALE[1..]), vec![customer]));
+        assert!(kernel.set_grant_expiry("c", "later", NOW + 100));
+        kernel.check_due_index().expect("the burn order and the payable grants sorted again");
+        kernel.ingest(&calls_batch("b", 1), NOW, 1).expect("rates");
+        let remaining = |k: &Kernel, id: &str| {
+            k.accounts.get("c").expect("known").grants.iter().find(|g| *g.id == *id).expect("held").remaining
+        };
+        assert_eq!((remaining(&kernel, "g"), remaining(&kernel, "later")), (10_000_000_000_000, 7_500_000_000_000));
+    }
+
+    fn calls_batch(batch_id: &str, calls: usize) -> Vec<u8> {
+        use prost::Message;
+        let events = (0..calls).map(|i| wire::UsageEvent { transaction_id: format!("{batch_id}-{i}"), ..call("call") });
+        wire::UsageBatch { batch_id: batch_id.into(), events: events.collect() }.encode_to_vec()
     }
 }

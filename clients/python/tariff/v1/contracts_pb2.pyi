@@ -240,3 +240,13 @@ class EndContractRequest(_message.Message):
     contract_id: str
     ending_before: _timestamp_pb2.Timestamp
     def __init__(self, contract_id: _Optional[str] = ..., ending_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ExpireGrantRequest(_message.Message):
+    __slots__ = ("customer_id", "grant_id", "expires_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    grant_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

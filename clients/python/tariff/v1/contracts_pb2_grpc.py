@@ -79,6 +79,11 @@ class ContractServiceStub:
                 request_serializer=tariff_dot_v1_dot_contracts__pb2.EndContractRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
                 _registered_method=True)
+        self.ExpireGrant = channel.unary_unary(
+                '/tariff.v1.ContractService/ExpireGrant',
+                request_serializer=tariff_dot_v1_dot_contracts__pb2.ExpireGrantRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_contracts__pb2.Grant.FromString,
+                _registered_method=True)
 
 
 class ContractServiceServicer:
@@ -192,6 +197,44 @@ class ContractServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExpireGrant(self, request, context):
+        """Ends a grant early: moves its expires_at earlier, or sets it on a grant
+        with none, so that credit granted by mistake, or forfeited, stops paying.
+        Any grant of the customer: given by GrantCredits, or made by the server
+        (TOP_UP, ROLLOVER: their ids are the customer's, hence customer_id).
+        Answers the grant as it is now. Key: the grant and the expiry: a retry, or
+        any request naming the expiry the grant has, answers the grant as it is
+        and changes nothing (after that expiry has passed too). What the grant
+        still holds at the new expiry is breakage, exactly as for a grant created
+        with that expires_at: the same revenue (breakage at its cost basis, in
+        the period the expiry falls in), the same invoice lines, and the same
+        rollover rule (a grant with a rollover_fraction expiring before the end of
+        the billing period it starts in does not roll over; exactly at that end it
+        rolls over there). Open holds on the grant keep what they hold: what one
+        gives back after the expiry (released, expired, or settled by an event
+        not drawing it) is breakage too, as for any expired grant. customer_id and
+        grant_id are required (INVALID_ARGUMENT naming them); an unknown customer,
+        or a grant it does not have, is NOT_FOUND. expires_at is required and held
+        to GrantCredits' rules (the time bounds, what finer than a millisecond is
+        dropped, after starts_at): INVALID_ARGUMENT naming expires_at otherwise.
+        FAILED_PRECONDITION, nothing changed, when the grant has already expired
+        (its expires_at is at or before the request's time: an expiry that has
+        passed is never moved), when the new expires_at is before the request's
+        time (no retroactive expiry: what drew on it stays drawn), when it is
+        later than the grant's expires_at (an expiry is only moved earlier), or
+        when usage of the customer is already recorded in an hour ending after the
+        new expires_at (and after the grant's start, before its current expiry)
+        that could have drawn on the grant: usage is kept by the hour, so an hour
+        holding the new expiry off the hour counts whole, and usage of any product
+        counts (conservative: draws are not kept by the hour); events dated ahead
+        of the clock, within --future-skew-s, can be there: the message names the
+        latest such hour. The change is journaled and in the audit log (action
+        ExpireGrant, target grant/<id>).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContractServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +282,11 @@ def add_ContractServiceServicer_to_server(servicer, server):
                     servicer.EndContract,
                     request_deserializer=tariff_dot_v1_dot_contracts__pb2.EndContractRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_contracts__pb2.Contract.SerializeToString,
+            ),
+            'ExpireGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExpireGrant,
+                    request_deserializer=tariff_dot_v1_dot_contracts__pb2.ExpireGrantRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_contracts__pb2.Grant.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +532,33 @@ class ContractService:
             '/tariff.v1.ContractService/EndContract',
             tariff_dot_v1_dot_contracts__pb2.EndContractRequest.SerializeToString,
             tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExpireGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.ContractService/ExpireGrant',
+            tariff_dot_v1_dot_contracts__pb2.ExpireGrantRequest.SerializeToString,
+            tariff_dot_v1_dot_contracts__pb2.Grant.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1229,7 +1229,8 @@ type Grant struct {
 	// grant.applicable_product_ids).
 	ApplicableProductIds []string               `protobuf:"bytes,8,rep,name=applicable_product_ids,json=applicableProductIds,proto3" json:"applicable_product_ids,omitempty"`
 	StartsAt             *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=starts_at,json=startsAt,proto3" json:"starts_at,omitempty"`
-	// Unset: never expires. The grant pays usage dated from starts_at up to but
+	// Unset: never expires (ExpireGrant may set it, or move it earlier, later).
+	// The grant pays usage dated from starts_at up to but
 	// not at expires_at, which must be after starts_at (at least a millisecond,
 	// what finer is dropped; INVALID_ARGUMENT naming grant.expires_at
 	// otherwise).
@@ -1548,6 +1549,71 @@ func (x *EndContractRequest) GetEndingBefore() *timestamppb.Timestamp {
 	return nil
 }
 
+type ExpireGrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required; the customer whose grant it is (the ids of the grants the
+	// server makes are the customer's).
+	CustomerId string `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	// Required; the grant to end early.
+	GrantId string `protobuf:"bytes,2,opt,name=grant_id,json=grantId,proto3" json:"grant_id,omitempty"`
+	// Required: the grant's new expiry, at or after the request's time, at or
+	// before its current expires_at, after its starts_at (see ExpireGrant).
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpireGrantRequest) Reset() {
+	*x = ExpireGrantRequest{}
+	mi := &file_tariff_v1_contracts_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpireGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpireGrantRequest) ProtoMessage() {}
+
+func (x *ExpireGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_contracts_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpireGrantRequest.ProtoReflect.Descriptor instead.
+func (*ExpireGrantRequest) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_contracts_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExpireGrantRequest) GetCustomerId() string {
+	if x != nil {
+		return x.CustomerId
+	}
+	return ""
+}
+
+func (x *ExpireGrantRequest) GetGrantId() string {
+	if x != nil {
+		return x.GrantId
+	}
+	return ""
+}
+
+func (x *ExpireGrantRequest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 var File_tariff_v1_contracts_proto protoreflect.FileDescriptor
 
 const file_tariff_v1_contracts_proto_rawDesc = "" +
@@ -1671,7 +1737,13 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\x12EndContractRequest\x12\x1f\n" +
 	"\vcontract_id\x18\x01 \x01(\tR\n" +
 	"contractId\x12?\n" +
-	"\rending_before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\fendingBefore*E\n" +
+	"\rending_before\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\fendingBefore\"\x8b\x01\n" +
+	"\x12ExpireGrantRequest\x12\x1f\n" +
+	"\vcustomer_id\x18\x01 \x01(\tR\n" +
+	"customerId\x12\x19\n" +
+	"\bgrant_id\x18\x02 \x01(\tR\agrantId\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*E\n" +
 	"\rOveragePolicy\x12\x1e\n" +
 	"\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ALLOW\x10\x01\x12\t\n" +
@@ -1682,7 +1754,7 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\vPROMOTIONAL\x10\x02\x12\f\n" +
 	"\bROLLOVER\x10\x03\x12\n" +
 	"\n" +
-	"\x06TOP_UP\x10\x042\x8e\x05\n" +
+	"\x06TOP_UP\x10\x042\xce\x05\n" +
 	"\x0fContractService\x12G\n" +
 	"\x0eCreateCustomer\x12 .tariff.v1.CreateCustomerRequest\x1a\x13.tariff.v1.Customer\x12A\n" +
 	"\vGetCustomer\x12\x1d.tariff.v1.GetCustomerRequest\x1a\x13.tariff.v1.Customer\x12R\n" +
@@ -1692,7 +1764,8 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\vAddOverride\x12\x1d.tariff.v1.AddOverrideRequest\x1a\x13.tariff.v1.Contract\x12@\n" +
 	"\fGrantCredits\x12\x1e.tariff.v1.GrantCreditsRequest\x1a\x10.tariff.v1.Grant\x12G\n" +
 	"\x0eSetTopUpPolicy\x12 .tariff.v1.SetTopUpPolicyRequest\x1a\x13.tariff.v1.Contract\x12A\n" +
-	"\vEndContract\x12\x1d.tariff.v1.EndContractRequest\x1a\x13.tariff.v1.ContractB\xa0\x01\n" +
+	"\vEndContract\x12\x1d.tariff.v1.EndContractRequest\x1a\x13.tariff.v1.Contract\x12>\n" +
+	"\vExpireGrant\x12\x1d.tariff.v1.ExpireGrantRequest\x1a\x10.tariff.v1.GrantB\xa0\x01\n" +
 	"\rcom.tariff.v1B\x0eContractsProtoP\x01Z:github.com/tariff/tariff/clients/go/gen/tariff/v1;tariffv1\xa2\x02\x03TXX\xaa\x02\tTariff.V1\xca\x02\tTariff\\V1\xe2\x02\x15Tariff\\V1\\GPBMetadata\xea\x02\n" +
 	"Tariff::V1b\x06proto3"
 
@@ -1709,7 +1782,7 @@ func file_tariff_v1_contracts_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_contracts_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tariff_v1_contracts_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_tariff_v1_contracts_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_tariff_v1_contracts_proto_goTypes = []any{
 	(OveragePolicy)(0),            // 0: tariff.v1.OveragePolicy
 	(GrantKind)(0),                // 1: tariff.v1.GrantKind
@@ -1728,59 +1801,63 @@ var file_tariff_v1_contracts_proto_goTypes = []any{
 	(*GrantCreditsRequest)(nil),   // 14: tariff.v1.GrantCreditsRequest
 	(*SetTopUpPolicyRequest)(nil), // 15: tariff.v1.SetTopUpPolicyRequest
 	(*EndContractRequest)(nil),    // 16: tariff.v1.EndContractRequest
-	nil,                           // 17: tariff.v1.Customer.AttributesEntry
-	nil,                           // 18: tariff.v1.CreateCustomerRequest.AttributesEntry
-	nil,                           // 19: tariff.v1.PriceOverride.MatchEntry
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*ExpireGrantRequest)(nil),    // 17: tariff.v1.ExpireGrantRequest
+	nil,                           // 18: tariff.v1.Customer.AttributesEntry
+	nil,                           // 19: tariff.v1.CreateCustomerRequest.AttributesEntry
+	nil,                           // 20: tariff.v1.PriceOverride.MatchEntry
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_tariff_v1_contracts_proto_depIdxs = []int32{
-	17, // 0: tariff.v1.Customer.attributes:type_name -> tariff.v1.Customer.AttributesEntry
-	20, // 1: tariff.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
-	18, // 2: tariff.v1.CreateCustomerRequest.attributes:type_name -> tariff.v1.CreateCustomerRequest.AttributesEntry
+	18, // 0: tariff.v1.Customer.attributes:type_name -> tariff.v1.Customer.AttributesEntry
+	21, // 1: tariff.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
+	19, // 2: tariff.v1.CreateCustomerRequest.attributes:type_name -> tariff.v1.CreateCustomerRequest.AttributesEntry
 	2,  // 3: tariff.v1.ListCustomersResponse.customers:type_name -> tariff.v1.Customer
-	19, // 4: tariff.v1.PriceOverride.match:type_name -> tariff.v1.PriceOverride.MatchEntry
-	20, // 5: tariff.v1.PriceOverride.starting_at:type_name -> google.protobuf.Timestamp
-	20, // 6: tariff.v1.PriceOverride.ending_before:type_name -> google.protobuf.Timestamp
-	20, // 7: tariff.v1.Contract.starting_at:type_name -> google.protobuf.Timestamp
-	20, // 8: tariff.v1.Contract.ending_before:type_name -> google.protobuf.Timestamp
+	20, // 4: tariff.v1.PriceOverride.match:type_name -> tariff.v1.PriceOverride.MatchEntry
+	21, // 5: tariff.v1.PriceOverride.starting_at:type_name -> google.protobuf.Timestamp
+	21, // 6: tariff.v1.PriceOverride.ending_before:type_name -> google.protobuf.Timestamp
+	21, // 7: tariff.v1.Contract.starting_at:type_name -> google.protobuf.Timestamp
+	21, // 8: tariff.v1.Contract.ending_before:type_name -> google.protobuf.Timestamp
 	7,  // 9: tariff.v1.Contract.overrides:type_name -> tariff.v1.PriceOverride
 	13, // 10: tariff.v1.Contract.grants:type_name -> tariff.v1.Grant
 	0,  // 11: tariff.v1.Contract.overage_policy:type_name -> tariff.v1.OveragePolicy
 	8,  // 12: tariff.v1.Contract.top_up:type_name -> tariff.v1.TopUpPolicy
-	20, // 13: tariff.v1.CreateContractRequest.starting_at:type_name -> google.protobuf.Timestamp
-	20, // 14: tariff.v1.CreateContractRequest.ending_before:type_name -> google.protobuf.Timestamp
+	21, // 13: tariff.v1.CreateContractRequest.starting_at:type_name -> google.protobuf.Timestamp
+	21, // 14: tariff.v1.CreateContractRequest.ending_before:type_name -> google.protobuf.Timestamp
 	0,  // 15: tariff.v1.CreateContractRequest.overage_policy:type_name -> tariff.v1.OveragePolicy
 	7,  // 16: tariff.v1.AddOverrideRequest.override:type_name -> tariff.v1.PriceOverride
 	1,  // 17: tariff.v1.Grant.kind:type_name -> tariff.v1.GrantKind
-	20, // 18: tariff.v1.Grant.starts_at:type_name -> google.protobuf.Timestamp
-	20, // 19: tariff.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	20, // 20: tariff.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	21, // 18: tariff.v1.Grant.starts_at:type_name -> google.protobuf.Timestamp
+	21, // 19: tariff.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 20: tariff.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
 	13, // 21: tariff.v1.GrantCreditsRequest.grant:type_name -> tariff.v1.Grant
 	8,  // 22: tariff.v1.SetTopUpPolicyRequest.top_up:type_name -> tariff.v1.TopUpPolicy
-	20, // 23: tariff.v1.EndContractRequest.ending_before:type_name -> google.protobuf.Timestamp
-	3,  // 24: tariff.v1.ContractService.CreateCustomer:input_type -> tariff.v1.CreateCustomerRequest
-	4,  // 25: tariff.v1.ContractService.GetCustomer:input_type -> tariff.v1.GetCustomerRequest
-	5,  // 26: tariff.v1.ContractService.ListCustomers:input_type -> tariff.v1.ListCustomersRequest
-	10, // 27: tariff.v1.ContractService.CreateContract:input_type -> tariff.v1.CreateContractRequest
-	11, // 28: tariff.v1.ContractService.GetContract:input_type -> tariff.v1.GetContractRequest
-	12, // 29: tariff.v1.ContractService.AddOverride:input_type -> tariff.v1.AddOverrideRequest
-	14, // 30: tariff.v1.ContractService.GrantCredits:input_type -> tariff.v1.GrantCreditsRequest
-	15, // 31: tariff.v1.ContractService.SetTopUpPolicy:input_type -> tariff.v1.SetTopUpPolicyRequest
-	16, // 32: tariff.v1.ContractService.EndContract:input_type -> tariff.v1.EndContractRequest
-	2,  // 33: tariff.v1.ContractService.CreateCustomer:output_type -> tariff.v1.Customer
-	2,  // 34: tariff.v1.ContractService.GetCustomer:output_type -> tariff.v1.Customer
-	6,  // 35: tariff.v1.ContractService.ListCustomers:output_type -> tariff.v1.ListCustomersResponse
-	9,  // 36: tariff.v1.ContractService.CreateContract:output_type -> tariff.v1.Contract
-	9,  // 37: tariff.v1.ContractService.GetContract:output_type -> tariff.v1.Contract
-	9,  // 38: tariff.v1.ContractService.AddOverride:output_type -> tariff.v1.Contract
-	13, // 39: tariff.v1.ContractService.GrantCredits:output_type -> tariff.v1.Grant
-	9,  // 40: tariff.v1.ContractService.SetTopUpPolicy:output_type -> tariff.v1.Contract
-	9,  // 41: tariff.v1.ContractService.EndContract:output_type -> tariff.v1.Contract
-	33, // [33:42] is the sub-list for method output_type
-	24, // [24:33] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	21, // 23: tariff.v1.EndContractRequest.ending_before:type_name -> google.protobuf.Timestamp
+	21, // 24: tariff.v1.ExpireGrantRequest.expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 25: tariff.v1.ContractService.CreateCustomer:input_type -> tariff.v1.CreateCustomerRequest
+	4,  // 26: tariff.v1.ContractService.GetCustomer:input_type -> tariff.v1.GetCustomerRequest
+	5,  // 27: tariff.v1.ContractService.ListCustomers:input_type -> tariff.v1.ListCustomersRequest
+	10, // 28: tariff.v1.ContractService.CreateContract:input_type -> tariff.v1.CreateContractRequest
+	11, // 29: tariff.v1.ContractService.GetContract:input_type -> tariff.v1.GetContractRequest
+	12, // 30: tariff.v1.ContractService.AddOverride:input_type -> tariff.v1.AddOverrideRequest
+	14, // 31: tariff.v1.ContractService.GrantCredits:input_type -> tariff.v1.GrantCreditsRequest
+	15, // 32: tariff.v1.ContractService.SetTopUpPolicy:input_type -> tariff.v1.SetTopUpPolicyRequest
+	16, // 33: tariff.v1.ContractService.EndContract:input_type -> tariff.v1.EndContractRequest
+	17, // 34: tariff.v1.ContractService.ExpireGrant:input_type -> tariff.v1.ExpireGrantRequest
+	2,  // 35: tariff.v1.ContractService.CreateCustomer:output_type -> tariff.v1.Customer
+	2,  // 36: tariff.v1.ContractService.GetCustomer:output_type -> tariff.v1.Customer
+	6,  // 37: tariff.v1.ContractService.ListCustomers:output_type -> tariff.v1.ListCustomersResponse
+	9,  // 38: tariff.v1.ContractService.CreateContract:output_type -> tariff.v1.Contract
+	9,  // 39: tariff.v1.ContractService.GetContract:output_type -> tariff.v1.Contract
+	9,  // 40: tariff.v1.ContractService.AddOverride:output_type -> tariff.v1.Contract
+	13, // 41: tariff.v1.ContractService.GrantCredits:output_type -> tariff.v1.Grant
+	9,  // 42: tariff.v1.ContractService.SetTopUpPolicy:output_type -> tariff.v1.Contract
+	9,  // 43: tariff.v1.ContractService.EndContract:output_type -> tariff.v1.Contract
+	13, // 44: tariff.v1.ContractService.ExpireGrant:output_type -> tariff.v1.Grant
+	35, // [35:45] is the sub-list for method output_type
+	25, // [25:35] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_contracts_proto_init() }
@@ -1798,7 +1875,7 @@ func file_tariff_v1_contracts_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_contracts_proto_rawDesc), len(file_tariff_v1_contracts_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

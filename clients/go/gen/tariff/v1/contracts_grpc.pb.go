@@ -151,6 +151,7 @@ const (
 	ContractService_GrantCredits_FullMethodName   = "/tariff.v1.ContractService/GrantCredits"
 	ContractService_SetTopUpPolicy_FullMethodName = "/tariff.v1.ContractService/SetTopUpPolicy"
 	ContractService_EndContract_FullMethodName    = "/tariff.v1.ContractService/EndContract"
+	ContractService_ExpireGrant_FullMethodName    = "/tariff.v1.ContractService/ExpireGrant"
 )
 
 // ContractServiceClient is the client API for ContractService service.
@@ -220,6 +221,39 @@ type ContractServiceClient interface {
 	// end, as for a contract created with ending_before. The change is journaled
 	// and in the audit log (action EndContract, target contract/<id>).
 	EndContract(ctx context.Context, in *EndContractRequest, opts ...grpc.CallOption) (*Contract, error)
+	// Ends a grant early: moves its expires_at earlier, or sets it on a grant
+	// with none, so that credit granted by mistake, or forfeited, stops paying.
+	// Any grant of the customer: given by GrantCredits, or made by the server
+	// (TOP_UP, ROLLOVER: their ids are the customer's, hence customer_id).
+	// Answers the grant as it is now. Key: the grant and the expiry: a retry, or
+	// any request naming the expiry the grant has, answers the grant as it is
+	// and changes nothing (after that expiry has passed too). What the grant
+	// still holds at the new expiry is breakage, exactly as for a grant created
+	// with that expires_at: the same revenue (breakage at its cost basis, in
+	// the period the expiry falls in), the same invoice lines, and the same
+	// rollover rule (a grant with a rollover_fraction expiring before the end of
+	// the billing period it starts in does not roll over; exactly at that end it
+	// rolls over there). Open holds on the grant keep what they hold: what one
+	// gives back after the expiry (released, expired, or settled by an event
+	// not drawing it) is breakage too, as for any expired grant. customer_id and
+	// grant_id are required (INVALID_ARGUMENT naming them); an unknown customer,
+	// or a grant it does not have, is NOT_FOUND. expires_at is required and held
+	// to GrantCredits' rules (the time bounds, what finer than a millisecond is
+	// dropped, after starts_at): INVALID_ARGUMENT naming expires_at otherwise.
+	// FAILED_PRECONDITION, nothing changed, when the grant has already expired
+	// (its expires_at is at or before the request's time: an expiry that has
+	// passed is never moved), when the new expires_at is before the request's
+	// time (no retroactive expiry: what drew on it stays drawn), when it is
+	// later than the grant's expires_at (an expiry is only moved earlier), or
+	// when usage of the customer is already recorded in an hour ending after the
+	// new expires_at (and after the grant's start, before its current expiry)
+	// that could have drawn on the grant: usage is kept by the hour, so an hour
+	// holding the new expiry off the hour counts whole, and usage of any product
+	// counts (conservative: draws are not kept by the hour); events dated ahead
+	// of the clock, within --future-skew-s, can be there: the message names the
+	// latest such hour. The change is journaled and in the audit log (action
+	// ExpireGrant, target grant/<id>).
+	ExpireGrant(ctx context.Context, in *ExpireGrantRequest, opts ...grpc.CallOption) (*Grant, error)
 }
 
 type contractServiceClient struct {
@@ -320,6 +354,16 @@ func (c *contractServiceClient) EndContract(ctx context.Context, in *EndContract
 	return out, nil
 }
 
+func (c *contractServiceClient) ExpireGrant(ctx context.Context, in *ExpireGrantRequest, opts ...grpc.CallOption) (*Grant, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Grant)
+	err := c.cc.Invoke(ctx, ContractService_ExpireGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ContractServiceServer is the server API for ContractService service.
 // All implementations must embed UnimplementedContractServiceServer
 // for forward compatibility.
@@ -387,6 +431,39 @@ type ContractServiceServer interface {
 	// end, as for a contract created with ending_before. The change is journaled
 	// and in the audit log (action EndContract, target contract/<id>).
 	EndContract(context.Context, *EndContractRequest) (*Contract, error)
+	// Ends a grant early: moves its expires_at earlier, or sets it on a grant
+	// with none, so that credit granted by mistake, or forfeited, stops paying.
+	// Any grant of the customer: given by GrantCredits, or made by the server
+	// (TOP_UP, ROLLOVER: their ids are the customer's, hence customer_id).
+	// Answers the grant as it is now. Key: the grant and the expiry: a retry, or
+	// any request naming the expiry the grant has, answers the grant as it is
+	// and changes nothing (after that expiry has passed too). What the grant
+	// still holds at the new expiry is breakage, exactly as for a grant created
+	// with that expires_at: the same revenue (breakage at its cost basis, in
+	// the period the expiry falls in), the same invoice lines, and the same
+	// rollover rule (a grant with a rollover_fraction expiring before the end of
+	// the billing period it starts in does not roll over; exactly at that end it
+	// rolls over there). Open holds on the grant keep what they hold: what one
+	// gives back after the expiry (released, expired, or settled by an event
+	// not drawing it) is breakage too, as for any expired grant. customer_id and
+	// grant_id are required (INVALID_ARGUMENT naming them); an unknown customer,
+	// or a grant it does not have, is NOT_FOUND. expires_at is required and held
+	// to GrantCredits' rules (the time bounds, what finer than a millisecond is
+	// dropped, after starts_at): INVALID_ARGUMENT naming expires_at otherwise.
+	// FAILED_PRECONDITION, nothing changed, when the grant has already expired
+	// (its expires_at is at or before the request's time: an expiry that has
+	// passed is never moved), when the new expires_at is before the request's
+	// time (no retroactive expiry: what drew on it stays drawn), when it is
+	// later than the grant's expires_at (an expiry is only moved earlier), or
+	// when usage of the customer is already recorded in an hour ending after the
+	// new expires_at (and after the grant's start, before its current expiry)
+	// that could have drawn on the grant: usage is kept by the hour, so an hour
+	// holding the new expiry off the hour counts whole, and usage of any product
+	// counts (conservative: draws are not kept by the hour); events dated ahead
+	// of the clock, within --future-skew-s, can be there: the message names the
+	// latest such hour. The change is journaled and in the audit log (action
+	// ExpireGrant, target grant/<id>).
+	ExpireGrant(context.Context, *ExpireGrantRequest) (*Grant, error)
 	mustEmbedUnimplementedContractServiceServer()
 }
 
@@ -423,6 +500,9 @@ func (UnimplementedContractServiceServer) SetTopUpPolicy(context.Context, *SetTo
 }
 func (UnimplementedContractServiceServer) EndContract(context.Context, *EndContractRequest) (*Contract, error) {
 	return nil, status.Error(codes.Unimplemented, "method EndContract not implemented")
+}
+func (UnimplementedContractServiceServer) ExpireGrant(context.Context, *ExpireGrantRequest) (*Grant, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExpireGrant not implemented")
 }
 func (UnimplementedContractServiceServer) mustEmbedUnimplementedContractServiceServer() {}
 func (UnimplementedContractServiceServer) testEmbeddedByValue()                         {}
@@ -607,6 +687,24 @@ func _ContractService_EndContract_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ContractService_ExpireGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExpireGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContractServiceServer).ExpireGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContractService_ExpireGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContractServiceServer).ExpireGrant(ctx, req.(*ExpireGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ContractService_ServiceDesc is the grpc.ServiceDesc for ContractService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -649,6 +747,10 @@ var ContractService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EndContract",
 			Handler:    _ContractService_EndContract_Handler,
+		},
+		{
+			MethodName: "ExpireGrant",
+			Handler:    _ContractService_ExpireGrant_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -135,7 +135,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/contracts.proto.
  */
 export const file_tariff_v1_contracts: GenFile = /*@__PURE__*/
-  fileDesc("Chl0YXJpZmYvdjEvY29udHJhY3RzLnByb3RvEgl0YXJpZmYudjEiwAEKCEN1c3RvbWVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSNwoKYXR0cmlidXRlcxgDIAMoCzIjLnRhcmlmZi52MS5DdXN0b21lci5BdHRyaWJ1dGVzRW50cnkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqgEKFUNyZWF0ZUN1c3RvbWVyUmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEkQKCmF0dHJpYnV0ZXMYAyADKAsyMC50YXJpZmYudjEuQ3JlYXRlQ3VzdG9tZXJSZXF1ZXN0LkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIgChJHZXRDdXN0b21lclJlcXVlc3QSCgoCaWQYASABKAkiPQoUTGlzdEN1c3RvbWVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiWAoVTGlzdEN1c3RvbWVyc1Jlc3BvbnNlEiYKCWN1c3RvbWVycxgBIAMoCzITLnRhcmlmZi52MS5DdXN0b21lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiqgIKDVByaWNlT3ZlcnJpZGUSCgoCaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRIyCgVtYXRjaBgDIAMoCzIjLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlLk1hdGNoRW50cnkSFAoKbXVsdGlwbGllchgEIAEoCUgAEg8KBXByaWNlGAUgASgJSAASLwoLc3RhcnRpbmdfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgphZGp1c3RtZW50InkKC1RvcFVwUG9saWN5EhEKCXRocmVzaG9sZBgBIAEoCRITCgtyZWNoYXJnZV90bxgCIAEoCRIYChBwcmljZV9wZXJfY3JlZGl0GAMgASgJEhYKDm1heF9wZXJfcGVyaW9kGAQgASgNEhAKCGN1cnJlbmN5GAUgASgJIvcCCghDb250cmFjdBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIUCgxyYXRlX2NhcmRfaWQYAyABKAkSLwoLc3RhcnRpbmdfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCW92ZXJyaWRlcxgGIAMoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlEiAKBmdyYW50cxgHIAMoCzIQLnRhcmlmZi52MS5HcmFudBIwCg5vdmVyYWdlX3BvbGljeRgIIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYCSABKAkSJgoGdG9wX3VwGAogASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5EhAKCGN1cnJlbmN5GAsgASgJIo0CChVDcmVhdGVDb250cmFjdFJlcXVlc3QSCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSFAoMcmF0ZV9jYXJkX2lkGAMgASgJEi8KC3N0YXJ0aW5nX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lbmRpbmdfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg5vdmVyYWdlX3BvbGljeRgGIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYByABKAkSEAoIY3VycmVuY3kYCCABKAkiIAoSR2V0Q29udHJhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIlUKEkFkZE92ZXJyaWRlUmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIqCghvdmVycmlkZRgCIAEoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlIuICCgVHcmFudBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRITCgtjb250cmFjdF9pZBgDIAEoCRIiCgRraW5kGAQgASgOMhQudGFyaWZmLnYxLkdyYW50S2luZBIOCgZhbW91bnQYBSABKAkSEwoLcGFpZF9hbW91bnQYBiABKAkSEAoIcHJpb3JpdHkYByABKAUSHgoWYXBwbGljYWJsZV9wcm9kdWN0X2lkcxgIIAMoCRItCglzdGFydHNfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXJvbGxvdmVyX2ZyYWN0aW9uGAsgASgJEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKE0dyYW50Q3JlZGl0c1JlcXVlc3QSHwoFZ3JhbnQYASABKAsyEC50YXJpZmYudjEuR3JhbnQSEgoKcmVxdWVzdF9pZBgCIAEoCSJUChVTZXRUb3BVcFBvbGljeVJlcXVlc3QSEwoLY29udHJhY3RfaWQYASABKAkSJgoGdG9wX3VwGAIgASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5IlwKEkVuZENvbnRyYWN0UmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIxCg1lbmRpbmdfYmVmb3JlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpFCg1PdmVyYWdlUG9saWN5Eh4KGk9WRVJBR0VfUE9MSUNZX1VOU1BFQ0lGSUVEEAASCQoFQUxMT1cQARIJCgVCTE9DSxACKl8KCUdyYW50S2luZBIaChZHUkFOVF9LSU5EX1VOU1BFQ0lGSUVEEAASCwoHUFJFUEFJRBABEg8KC1BST01PVElPTkFMEAISDAoIUk9MTE9WRVIQAxIKCgZUT1BfVVAQBDKOBQoPQ29udHJhY3RTZXJ2aWNlEkcKDkNyZWF0ZUN1c3RvbWVyEiAudGFyaWZmLnYxLkNyZWF0ZUN1c3RvbWVyUmVxdWVzdBoTLnRhcmlmZi52MS5DdXN0b21lchJBCgtHZXRDdXN0b21lchIdLnRhcmlmZi52MS5HZXRDdXN0b21lclJlcXVlc3QaEy50YXJpZmYudjEuQ3VzdG9tZXISUgoNTGlzdEN1c3RvbWVycxIfLnRhcmlmZi52MS5MaXN0Q3VzdG9tZXJzUmVxdWVzdBogLnRhcmlmZi52MS5MaXN0Q3VzdG9tZXJzUmVzcG9uc2USRwoOQ3JlYXRlQ29udHJhY3QSIC50YXJpZmYudjEuQ3JlYXRlQ29udHJhY3RSZXF1ZXN0GhMudGFyaWZmLnYxLkNvbnRyYWN0EkEKC0dldENvbnRyYWN0Eh0udGFyaWZmLnYxLkdldENvbnRyYWN0UmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdBJBCgtBZGRPdmVycmlkZRIdLnRhcmlmZi52MS5BZGRPdmVycmlkZVJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSQAoMR3JhbnRDcmVkaXRzEh4udGFyaWZmLnYxLkdyYW50Q3JlZGl0c1JlcXVlc3QaEC50YXJpZmYudjEuR3JhbnQSRwoOU2V0VG9wVXBQb2xpY3kSIC50YXJpZmYudjEuU2V0VG9wVXBQb2xpY3lSZXF1ZXN0GhMudGFyaWZmLnYxLkNvbnRyYWN0EkEKC0VuZENvbnRyYWN0Eh0udGFyaWZmLnYxLkVuZENvbnRyYWN0UmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdEJFCg1kZXYudGFyaWZmLnYxUAFaMmdpdGh1Yi5jb20vdGFyaWZmL3RhcmlmZi9nZW4vZ28vdGFyaWZmL3YxO3RhcmlmZnYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Chl0YXJpZmYvdjEvY29udHJhY3RzLnByb3RvEgl0YXJpZmYudjEiwAEKCEN1c3RvbWVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSNwoKYXR0cmlidXRlcxgDIAMoCzIjLnRhcmlmZi52MS5DdXN0b21lci5BdHRyaWJ1dGVzRW50cnkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqgEKFUNyZWF0ZUN1c3RvbWVyUmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEkQKCmF0dHJpYnV0ZXMYAyADKAsyMC50YXJpZmYudjEuQ3JlYXRlQ3VzdG9tZXJSZXF1ZXN0LkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIgChJHZXRDdXN0b21lclJlcXVlc3QSCgoCaWQYASABKAkiPQoUTGlzdEN1c3RvbWVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiWAoVTGlzdEN1c3RvbWVyc1Jlc3BvbnNlEiYKCWN1c3RvbWVycxgBIAMoCzITLnRhcmlmZi52MS5DdXN0b21lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiqgIKDVByaWNlT3ZlcnJpZGUSCgoCaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRIyCgVtYXRjaBgDIAMoCzIjLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlLk1hdGNoRW50cnkSFAoKbXVsdGlwbGllchgEIAEoCUgAEg8KBXByaWNlGAUgASgJSAASLwoLc3RhcnRpbmdfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgphZGp1c3RtZW50InkKC1RvcFVwUG9saWN5EhEKCXRocmVzaG9sZBgBIAEoCRITCgtyZWNoYXJnZV90bxgCIAEoCRIYChBwcmljZV9wZXJfY3JlZGl0GAMgASgJEhYKDm1heF9wZXJfcGVyaW9kGAQgASgNEhAKCGN1cnJlbmN5GAUgASgJIvcCCghDb250cmFjdBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIUCgxyYXRlX2NhcmRfaWQYAyABKAkSLwoLc3RhcnRpbmdfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCW92ZXJyaWRlcxgGIAMoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlEiAKBmdyYW50cxgHIAMoCzIQLnRhcmlmZi52MS5HcmFudBIwCg5vdmVyYWdlX3BvbGljeRgIIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYCSABKAkSJgoGdG9wX3VwGAogASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5EhAKCGN1cnJlbmN5GAsgASgJIo0CChVDcmVhdGVDb250cmFjdFJlcXVlc3QSCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSFAoMcmF0ZV9jYXJkX2lkGAMgASgJEi8KC3N0YXJ0aW5nX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lbmRpbmdfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg5vdmVyYWdlX3BvbGljeRgGIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYByABKAkSEAoIY3VycmVuY3kYCCABKAkiIAoSR2V0Q29udHJhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIlUKEkFkZE92ZXJyaWRlUmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIqCghvdmVycmlkZRgCIAEoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlIuICCgVHcmFudBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRITCgtjb250cmFjdF9pZBgDIAEoCRIiCgRraW5kGAQgASgOMhQudGFyaWZmLnYxLkdyYW50S2luZBIOCgZhbW91bnQYBSABKAkSEwoLcGFpZF9hbW91bnQYBiABKAkSEAoIcHJpb3JpdHkYByABKAUSHgoWYXBwbGljYWJsZV9wcm9kdWN0X2lkcxgIIAMoCRItCglzdGFydHNfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXJvbGxvdmVyX2ZyYWN0aW9uGAsgASgJEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKE0dyYW50Q3JlZGl0c1JlcXVlc3QSHwoFZ3JhbnQYASABKAsyEC50YXJpZmYudjEuR3JhbnQSEgoKcmVxdWVzdF9pZBgCIAEoCSJUChVTZXRUb3BVcFBvbGljeVJlcXVlc3QSEwoLY29udHJhY3RfaWQYASABKAkSJgoGdG9wX3VwGAIgASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5IlwKEkVuZENvbnRyYWN0UmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIxCg1lbmRpbmdfYmVmb3JlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJrChJFeHBpcmVHcmFudFJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSEAoIZ3JhbnRfaWQYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqRQoNT3ZlcmFnZVBvbGljeRIeChpPVkVSQUdFX1BPTElDWV9VTlNQRUNJRklFRBAAEgkKBUFMTE9XEAESCQoFQkxPQ0sQAipfCglHcmFudEtpbmQSGgoWR1JBTlRfS0lORF9VTlNQRUNJRklFRBAAEgsKB1BSRVBBSUQQARIPCgtQUk9NT1RJT05BTBACEgwKCFJPTExPVkVSEAMSCgoGVE9QX1VQEAQyzgUKD0NvbnRyYWN0U2VydmljZRJHCg5DcmVhdGVDdXN0b21lchIgLnRhcmlmZi52MS5DcmVhdGVDdXN0b21lclJlcXVlc3QaEy50YXJpZmYudjEuQ3VzdG9tZXISQQoLR2V0Q3VzdG9tZXISHS50YXJpZmYudjEuR2V0Q3VzdG9tZXJSZXF1ZXN0GhMudGFyaWZmLnYxLkN1c3RvbWVyElIKDUxpc3RDdXN0b21lcnMSHy50YXJpZmYudjEuTGlzdEN1c3RvbWVyc1JlcXVlc3QaIC50YXJpZmYudjEuTGlzdEN1c3RvbWVyc1Jlc3BvbnNlEkcKDkNyZWF0ZUNvbnRyYWN0EiAudGFyaWZmLnYxLkNyZWF0ZUNvbnRyYWN0UmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdBJBCgtHZXRDb250cmFjdBIdLnRhcmlmZi52MS5HZXRDb250cmFjdFJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSQQoLQWRkT3ZlcnJpZGUSHS50YXJpZmYudjEuQWRkT3ZlcnJpZGVSZXF1ZXN0GhMudGFyaWZmLnYxLkNvbnRyYWN0EkAKDEdyYW50Q3JlZGl0cxIeLnRhcmlmZi52MS5HcmFudENyZWRpdHNSZXF1ZXN0GhAudGFyaWZmLnYxLkdyYW50EkcKDlNldFRvcFVwUG9saWN5EiAudGFyaWZmLnYxLlNldFRvcFVwUG9saWN5UmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdBJBCgtFbmRDb250cmFjdBIdLnRhcmlmZi52MS5FbmRDb250cmFjdFJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSPgoLRXhwaXJlR3JhbnQSHS50YXJpZmYudjEuRXhwaXJlR3JhbnRSZXF1ZXN0GhAudGFyaWZmLnYxLkdyYW50QkUKDWRldi50YXJpZmYudjFQAVoyZ2l0aHViLmNvbS90YXJpZmYvdGFyaWZmL2dlbi9nby90YXJpZmYvdjE7dGFyaWZmdjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tariff.v1.Customer
@@ -750,7 +750,8 @@ export type Grant = Message<"tariff.v1.Grant"> & {
   startsAt?: Timestamp | undefined;
 
   /**
-   * Unset: never expires. The grant pays usage dated from starts_at up to but
+   * Unset: never expires (ExpireGrant may set it, or move it earlier, later).
+   * The grant pays usage dated from starts_at up to but
    * not at expires_at, which must be after starts_at (at least a millisecond,
    * what finer is dropped; INVALID_ARGUMENT naming grant.expires_at
    * otherwise).
@@ -886,6 +887,41 @@ export type EndContractRequest = Message<"tariff.v1.EndContractRequest"> & {
  */
 export const EndContractRequestSchema: GenMessage<EndContractRequest> = /*@__PURE__*/
   messageDesc(file_tariff_v1_contracts, 14);
+
+/**
+ * @generated from message tariff.v1.ExpireGrantRequest
+ */
+export type ExpireGrantRequest = Message<"tariff.v1.ExpireGrantRequest"> & {
+  /**
+   * Required; the customer whose grant it is (the ids of the grants the
+   * server makes are the customer's).
+   *
+   * @generated from field: string customer_id = 1;
+   */
+  customerId: string;
+
+  /**
+   * Required; the grant to end early.
+   *
+   * @generated from field: string grant_id = 2;
+   */
+  grantId: string;
+
+  /**
+   * Required: the grant's new expiry, at or after the request's time, at or
+   * before its current expires_at, after its starts_at (see ExpireGrant).
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 3;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tariff.v1.ExpireGrantRequest.
+ * Use `create(ExpireGrantRequestSchema)` to create a new message.
+ */
+export const ExpireGrantRequestSchema: GenMessage<ExpireGrantRequest> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_contracts, 15);
 
 /**
  * @generated from enum tariff.v1.OveragePolicy
@@ -1101,6 +1137,47 @@ export const ContractService: GenService<{
     methodKind: "unary";
     input: typeof EndContractRequestSchema;
     output: typeof ContractSchema;
+  },
+  /**
+   * Ends a grant early: moves its expires_at earlier, or sets it on a grant
+   * with none, so that credit granted by mistake, or forfeited, stops paying.
+   * Any grant of the customer: given by GrantCredits, or made by the server
+   * (TOP_UP, ROLLOVER: their ids are the customer's, hence customer_id).
+   * Answers the grant as it is now. Key: the grant and the expiry: a retry, or
+   * any request naming the expiry the grant has, answers the grant as it is
+   * and changes nothing (after that expiry has passed too). What the grant
+   * still holds at the new expiry is breakage, exactly as for a grant created
+   * with that expires_at: the same revenue (breakage at its cost basis, in
+   * the period the expiry falls in), the same invoice lines, and the same
+   * rollover rule (a grant with a rollover_fraction expiring before the end of
+   * the billing period it starts in does not roll over; exactly at that end it
+   * rolls over there). Open holds on the grant keep what they hold: what one
+   * gives back after the expiry (released, expired, or settled by an event
+   * not drawing it) is breakage too, as for any expired grant. customer_id and
+   * grant_id are required (INVALID_ARGUMENT naming them); an unknown customer,
+   * or a grant it does not have, is NOT_FOUND. expires_at is required and held
+   * to GrantCredits' rules (the time bounds, what finer than a millisecond is
+   * dropped, after starts_at): INVALID_ARGUMENT naming expires_at otherwise.
+   * FAILED_PRECONDITION, nothing changed, when the grant has already expired
+   * (its expires_at is at or before the request's time: an expiry that has
+   * passed is never moved), when the new expires_at is before the request's
+   * time (no retroactive expiry: what drew on it stays drawn), when it is
+   * later than the grant's expires_at (an expiry is only moved earlier), or
+   * when usage of the customer is already recorded in an hour ending after the
+   * new expires_at (and after the grant's start, before its current expiry)
+   * that could have drawn on the grant: usage is kept by the hour, so an hour
+   * holding the new expiry off the hour counts whole, and usage of any product
+   * counts (conservative: draws are not kept by the hour); events dated ahead
+   * of the clock, within --future-skew-s, can be there: the message names the
+   * latest such hour. The change is journaled and in the audit log (action
+   * ExpireGrant, target grant/<id>).
+   *
+   * @generated from rpc tariff.v1.ContractService.ExpireGrant
+   */
+  expireGrant: {
+    methodKind: "unary";
+    input: typeof ExpireGrantRequestSchema;
+    output: typeof GrantSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tariff_v1_contracts, 0);
