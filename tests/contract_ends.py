@@ -1,14 +1,19 @@
 """EndContract steps drawn for the differential tests: when in a generated run a contract's end is requested, and
-the end each step names relative to the time it is requested (tests/test_wire_differential.py first drew them)."""
+the end each step names relative to the time it is requested (tests/test_wire_differential.py first drew them); and
+the control plane's answer to one, in the oracle's terms (tests/test_kernel_differential.py)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from hypothesis import strategies as st
 
-from tests.engine_fixtures import DAY_MS, HOUR_MS, MINUTE_MS
-from tests.reference_billing import ReferenceCredits
+from engine import commands as cmd
+from engine.errors import FailedPrecondition, InvalidArgument, Repeated
+from tests.engine_fixtures import ACTOR, DAY_MS, HOUR_MS, MINUTE_MS, World
+from tests.reference_billing import ReferenceRating
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def end_steps(draw: st.DrawFn, batches: int) -> tuple[EndStep, ...]:
     return tuple(sorted(steps, key=lambda step: step.before_batch))
 
 
-def end_at(step: EndStep, oracle: ReferenceCredits, now: int, soon: list[int]) -> int:
+def end_at(step: EndStep, oracle: ReferenceRating, now: int, soon: list[int]) -> int:
     """The end `step` names when requested at `now` (see EndStep)."""
     kind = step.kind
     if (kind.startswith("usage") and not soon) or (kind == "again" and oracle.contract_end_ms is None):
@@ -84,3 +89,35 @@ def end_at(step: EndStep, oracle: ReferenceCredits, now: int, soon: list[int]) -
             return oracle.contract_end_ms
     offset = step.offset_ms if step.kind == "hour" else 0
     return (now // HOUR_MS + step.hours) * HOUR_MS + offset
+
+
+EndOutcome = tuple[str, int | None]  # as ReferenceRating.end_contract answers
+
+
+def iso_ms(text: str) -> int:
+    """An instant as the engine writes one in a message (ISO 8601, UTC, "Z")."""
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def engine_end(world: World, contract_id: str, end_ms: int, at_ms: int) -> EndOutcome:
+    """EndContract applied to the control plane at `at_ms`, its answer in the oracle's terms (a refusal's kind read
+    from its message, as a client reads it from the status's)."""
+    try:
+        world.apply(cmd.EndContract(at_ms, ACTOR, contract_id, end_ms))
+    except Repeated:
+        return "repeated", None
+    except InvalidArgument as exc:
+        assert "ending_before" in str(exc), exc
+        return "after starting_at", None
+    except FailedPrecondition as exc:
+        details = str(exc)
+        hour = re.search(r"in the hour from (\S+), at or after that end", details)
+        if hour:
+            return "usage", iso_ms(hour.group(1))
+        for kind, says in (("already ended", "has already ended"), ("before now", "before now")):
+            if says in details:
+                return kind, None
+        if "has a rollover fraction" in details:
+            return "rolling grant", None
+        raise AssertionError(f"EndContract refused for no documented reason: {details}") from exc
+    return "ended", None
