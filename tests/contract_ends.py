@@ -110,14 +110,19 @@ def engine_end(world: World, contract_id: str, end_ms: int, at_ms: int) -> EndOu
         assert "ending_before" in str(exc), exc
         return "after starting_at", None
     except FailedPrecondition as exc:
-        details = str(exc)
-        hour = re.search(r"in the hour from (\S+), at or after that end", details)
-        if hour:
-            return "usage", iso_ms(hour.group(1))
-        for kind, says in (("already ended", "has already ended"), ("before now", "before now")):
-            if says in details:
-                return kind, None
-        if "has a rollover fraction" in details:
-            return "rolling grant", None
-        raise AssertionError(f"EndContract refused for no documented reason: {details}") from exc
+        return refusal(str(exc))
     return "ended", None
+
+
+def refusal(details: str) -> EndOutcome:
+    """The oracle's kind of an EndContract refused FAILED_PRECONDITION, read from its message (and the hour of usage
+    it names)."""
+    hour = re.search(r"in the hour from (\S+), at or after that end", details)
+    if hour:
+        return "usage", iso_ms(hour.group(1))
+    for kind, says in (("already ended", "has already ended"), ("before now", "before now")):
+        if says in details:
+            return kind, None
+    if "has a rollover fraction" in details:
+        return "rolling grant", None
+    raise AssertionError(f"EndContract refused for no documented reason: {details}")
