@@ -464,8 +464,32 @@ NETTED_CREDIT = gauge_and_sum(
 )
 
 
+# Ends requested 10 minutes before the first event's date, once it is recorded (batch 1 next): at that date (its hour
+# holds usage: refused, naming it), a second before now (refused), the hour after the second event's hour (taken),
+# that end again (a retry); the third event, after it, NO_ACTIVE_CONTRACT, the probe too; at the end, the end held
+# once it has passed, moved a moment later (refused).
+ENDED_BETWEEN_USAGE = dataclasses.replace(
+    gauge_and_sum(
+        (GrantSpec("g", Decimal(10), 0, (), EPOCH_MS, None),),
+        gauge_and_sum_event("t0", 1, 5, 1),
+        gauge_and_sum_event("t1", 2, 2, 3),
+        gauge_and_sum_event("t2", 3, 1, 1),
+        gauge_and_sum_event("probe", 4, 0, 2),
+    ),
+    ends=(
+        EndStep(1, "usage", 0, 0),
+        EndStep(1, "past", 0, 1_000),
+        EndStep(1, "usage-hour", 1, HOUR_MS),
+        EndStep(1, "again", 0, 0),
+        EndStep(3, "soon", 0, 200, wait=True),
+    ),
+    end_clock=(*[EPOCH_MS + DAY_MS + 50 * MINUTE_MS] * 4, EPOCH_MS + DAY_MS),
+)
+
+
 @PROFILE
 @given(scenarios())
+@example(ENDED_BETWEEN_USAGE)
 @example(TOTALS_PAST_128_BITS)
 @example(MULTIPLIED_IN_RANGE)
 @example(NETTED_OVERAGE)
