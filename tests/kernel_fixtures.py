@@ -15,7 +15,7 @@ from tariff.v1 import usage_pb2
 
 from engine._kernel import Kernel
 from engine.tables import compile_tables
-from tests.engine_fixtures import World
+from tests.engine_fixtures import HOUR_MS, World
 
 if TYPE_CHECKING:
     from engine._kernel import Balance  # a TypedDict of the stub only
@@ -64,6 +64,14 @@ class KernelWorld:
         ack = usage_pb2.IngestAck.FromString(ack_bytes)
         assert ack.accepted + ack.duplicates + len(ack.rejected) == len(events)
         return ack
+
+    def hours_recorded(self, customer_id: str) -> list[int]:
+        """The first instants of the hours the kernel holds usage of the customer in (what EndContract reads, as
+        engine/billing_reads.py's `_hours_recorded` gives it to the control plane)."""
+        usage = self.kernel.usage(customer_id)
+        if usage is None:
+            return []
+        return sorted({hour * HOUR_MS for hour, _product, _dimensions, _usages in usage[1]})
 
     def balance(self, now_ms: int, customer_id: str = "acme") -> Balance:
         balance = self.kernel.balance(customer_id, now_ms)

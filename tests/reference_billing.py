@@ -7,7 +7,9 @@ outside that catalogue raises `Unsupported` instead of being guessed at:
 - products: COUNT, or SUM of one `values` entry, no filters; rates: UNIT prices with literal decimals, one
   rate per product and exact pricing-dimension values (or none), one published version effective before
   every event;
-- contracts starting at 00:00 UTC on the 1st of a month (so a period is a calendar month), no overrides;
+- contracts starting at 00:00 UTC on the 1st of a month (so a period is a calendar month), no overrides; an end set
+  or moved by EndContract (each journaled end checked against contracts.proto's rules, usage recorded by the hour):
+  usage dated at or after it is NO_ACTIVE_CONTRACT, and once it has passed GetBalance has no current period;
 - grants applicable to every product, started before every event, expiring after the soak ends: burn order
   is (priority, expiry, creation order).
 
@@ -136,6 +138,10 @@ class RefContract:
     starting_at_ms: int
     overage_price: Decimal
     currency: str
+    ending_before_ms: int | None = None  # set by EndContract
+
+    def in_force(self, ts_ms: int) -> bool:
+        return self.starting_at_ms <= ts_ms and (self.ending_before_ms is None or ts_ms < self.ending_before_ms)
 
 
 @dataclasses.dataclass
@@ -150,6 +156,7 @@ class RefCustomer:
     quantities: dict[tuple[tuple[int, int], str, tuple[str, ...]], Decimal] = dataclasses.field(default_factory=dict)
     charges: dict[tuple[int, int], Decimal] = dataclasses.field(default_factory=dict)
     overage: dict[tuple[int, int], Decimal] = dataclasses.field(default_factory=dict)
+    hours: set[int] = dataclasses.field(default_factory=set)  # the first instants of the hours holding its usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +177,7 @@ class BatchRecord:
     accepted: int
     duplicates: int
     conflicts: int
+    no_contract: int = 0  # rejected NO_ACTIVE_CONTRACT: dated at or after the end of the customer's contract
 
 
 class ReferenceBilling:
@@ -188,6 +196,7 @@ class ReferenceBilling:
         self.accepted: dict[str, AcceptedEvent] = {}
         self.batches: list[BatchRecord] = []
         self.grants_created = 0
+        self.ends_journaled = 0  # EndContract records
 
     # Reading the journal ---------------------------------------------------------------------------------
 
@@ -241,7 +250,7 @@ class ReferenceBilling:
             command = cmd.IngestBatch(sent.batch_id, events, usage.received_ms, {})
             result = self._ingest(seq, command)
             journaled = (usage.accepted, usage.duplicates, usage.rejected)
-            recomputed = (result.accepted, result.duplicates, result.conflicts)
+            recomputed = (result.accepted, result.duplicates, result.conflicts + result.no_contract)
             if journaled != recomputed:
                 raise Mismatch(
                     f"record {seq} (batch {command.batch_id!r}): the server journaled accepted/duplicates/rejected"
@@ -332,14 +341,36 @@ class ReferenceBilling:
                     if grant.expires_at_ms is None or grant.expires_at_ms > end_ms:
                         grant.usable_before_ms = end_ms
                 self.customers[contract.customer_id].grants.append(grant)
+            case cmd.EndContract():
+                self._end_contract(seq, command)
             case _:
                 raise Unsupported(f"record {seq}: {type(command).__name__}")
+
+    def _end_contract(self, seq: int, command: cmd.EndContract) -> None:
+        """A journaled end is one contracts.proto's rules take (refusals and retries are not journaled): after the
+        start, not the same end again, the end held not passed, not before now, no usage recorded in an hour
+        ending after it (an hour holding it counts whole), before the end held."""
+        contract = self.contracts[command.contract_id]
+        end_ms, held_ms = command.ending_before_ms, contract.ending_before_ms
+        hours = self.customers[contract.customer_id].hours
+        refused = (
+            end_ms <= contract.starting_at_ms
+            or end_ms == held_ms
+            or (held_ms is not None and held_ms <= command.at_ms)
+            or end_ms < command.at_ms
+            or any(h + HOUR_MS > end_ms and (held_ms is None or h < held_ms) for h in hours)
+        )
+        if refused:
+            raise Mismatch(f"record {seq}: EndContract of {contract.id!r} at {end_ms}, which its rules refuse")
+        contract.ending_before_ms = end_ms
+        self.ends_journaled += 1
 
     @dataclasses.dataclass
     class _Counts:
         accepted: int = 0
         duplicates: int = 0
         conflicts: int = 0
+        no_contract: int = 0
 
     def _ingest(self, seq: int, batch: cmd.IngestBatch) -> ReferenceBilling._Counts:
         counts = self._Counts()
@@ -351,6 +382,9 @@ class ReferenceBilling:
                     counts.duplicates += 1
                 else:
                     counts.conflicts += 1
+                continue
+            if not self._in_contract(seq, event):
+                counts.no_contract += 1
                 continue
             self._rate(seq, event)
             self.accepted[event.transaction_id] = AcceptedEvent(seq, batch.batch_id, content)
@@ -364,9 +398,18 @@ class ReferenceBilling:
                 counts.accepted,
                 counts.duplicates,
                 counts.conflicts,
+                counts.no_contract,
             )
         )
         return counts
+
+    def _in_contract(self, seq: int, event: cmd.UsageEvent) -> bool:
+        """Whether the event lies before the end of its customer's contract (after it: NO_ACTIVE_CONTRACT)."""
+        customer = self.customers.get(event.customer_id)
+        if customer is None or not customer.contract_id:
+            raise Unsupported(f"record {seq}: event {event.transaction_id!r} for a customer without a contract")
+        end_ms = self.contracts[customer.contract_id].ending_before_ms
+        return end_ms is None or event.timestamp_ms < end_ms
 
     def _rate(self, seq: int, event: cmd.UsageEvent) -> None:
         customer = self.customers.get(event.customer_id)
@@ -411,6 +454,7 @@ class ReferenceBilling:
                 grant.drawn += take
                 left -= take
             customer.overage[period] = customer.overage.get(period, Decimal(0)) + left
+            customer.hours.add(event.timestamp_ms // HOUR_MS * HOUR_MS)  # usage of a product: the kernel's hours
 
     @staticmethod
     def _price(rate: RefRate, quantity: Decimal) -> Decimal:
@@ -425,13 +469,15 @@ class ReferenceBilling:
         period = month_of(now_ms)
         grants = sorted(customer.grants, key=RefGrant.burn_key)
         remaining = sum((g.remaining for g in grants if g.starts_at_ms <= now_ms), start=Decimal(0))
-        overage = customer.overage.get(period, Decimal(0))
+        # Once the contract has ended there is no current period: its charges and overage read "0".
+        in_force = contract.in_force(now_ms)
+        overage = customer.overage.get(period, Decimal(0)) if in_force else Decimal(0)
         return {
             "customer_id": customer_id,
             "credits_remaining": wire(remaining),
             "credits_held": "0",
             "credits_available": wire(remaining),
-            "period_charges": wire(customer.charges.get(period, Decimal(0))),
+            "period_charges": wire(customer.charges.get(period, Decimal(0)) if in_force else Decimal(0)),
             "overage_amount": wire(overage),
             "overage_due": wire(CONTEXT.multiply(overage, contract.overage_price)),
             "pricing_unit": self.rate_cards[contract.rate_card_id],
@@ -462,6 +508,7 @@ class ReferenceBilling:
             "customer_id": c.customer_id,
             "rate_card_id": c.rate_card_id,
             "starting_at_ms": c.starting_at_ms,
+            "ending_before_ms": c.ending_before_ms,
             "overage_price": wire(c.overage_price),
             "currency": c.currency,
             "grants": sorted(

@@ -8,7 +8,14 @@ products, UNIT prices, per customer a promotional and a prepaid grant, overage a
 - stream clients: `tariff.UsageStream` (the Python client's bidi stream, which reconnects and resends every
   unacknowledged batch with the same ids), several sender tasks each;
 - one retry-storm client: every batch sent by unary IngestUsageBatch and resent 1-5 more times, some resends
-  concurrent with the original, some after it, each retried through crashes until answered.
+  concurrent with the original, some after it, each retried through crashes until answered;
+- one contract-ending client: over and over, a customer of its own with a contract (no grants) whose end it sets
+  a second ahead, retries, moves, tries to move before usage recorded and, once passed, again; every call (and each
+  of its small batches, dated before and after the end) retried through crashes until answered, each answer the
+  one EndContract's rules (tests/reference_billing.py's ReferenceRating) give for the end held, the usage recorded
+  and the time, between the moments before the first attempt and after the answer. The ends taken are journaled
+  `end_contract` records, which the kills make the server replay: usage dated after them must stay
+  NO_ACTIVE_CONTRACT, GetContract show them and GetBalance have no current period.
 
 Each cycle: run the load for a seeded random while, `kill -9` the server, stop starting new batches, and
 check the journal (tests/reference_billing.py, read straight from LMDB while the server is down): every
@@ -47,10 +54,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -68,7 +75,8 @@ from tariff.v1 import (
     usage_pb2_grpc,
 )
 
-from tests.reference_billing import ReferenceBilling, content_of, wire
+from tests.contract_ends import EndOutcome, refusal
+from tests.reference_billing import HOUR_MS, ReferenceBilling, ReferenceRating, content_of, wire
 from tests.serverproc import REPO_ROOT, ServerProcess
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -184,6 +192,11 @@ class SoakSummary:
     backups_completed: int = 0  # the others failed cleanly (exit 1, no DEST)
     backups_server_killed_mid_copy: int = 0
     backups_verified: int = 0  # restored, journal a prefix of the original's, reads and resends checked
+    contracts_ended: int = 0  # the contract-ending client's customers whose contract ended (its end passed)
+    contract_ends_taken: int = 0  # EndContract answers that set or moved an end (journaled)
+    end_contract_records: int = 0  # in the journal: one per end taken
+    contract_end_refusals: int = 0
+    events_after_an_end_refused: int = 0  # NO_ACTIVE_CONTRACT
     elapsed_s: float = 0.0
     command: str = ""
 
@@ -199,6 +212,9 @@ class Load:
         self.stop = asyncio.Event()
         self.busy = 0  # senders between picking up a batch and its last answer
         self.storm_resends = 0
+        # The contract-ending client's batches (some of their events are refused) and its customers, once whole.
+        self.ending_sent: dict[str, SentBatch] = {}
+        self.ending_customers: list[str] = []
 
     def make_batch(self, rng: random.Random, batch_id: str, kind: str) -> SentBatch:
         count = rng.randint(1, self.config.batch_events_max)
@@ -318,6 +334,172 @@ async def storm_client(target: str, load: Load, seed: int) -> None:
             await asyncio.sleep(rng.uniform(0, load.config.sender_pause_s_max))
 
 
+# The contract-ending client: how far ahead of now it ends a contract, how much later it moves that end, and how
+# long it rests between its customers.
+END_AHEAD_MS = 1_200
+Answer = TypeVar("Answer")
+END_MOVED_MS = 300
+ENDING_PAUSE_S = (0.5, 2.0)
+
+
+async def until_answered(call: Callable[[], Awaitable[Answer]]) -> Answer | grpc.aio.AioRpcError:
+    """The call's answer, retried through crashes (the server down, restarting): a response or the error it gave."""
+    deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRY_CODES or time.monotonic() > deadline:
+                return exc
+            await asyncio.sleep(0.05)
+
+
+class ContractEnder:
+    """One customer's story at a time (see the module's docstring): its contract's ends, and usage around them,
+    against the rules of a ReferenceRating holding only that contract's start, end and hours of usage."""
+
+    def __init__(self, channel: Any, load: Load, summary: SoakSummary, seed: int) -> None:
+        self.contracts = contracts_pb2_grpc.ContractServiceStub(channel)
+        self.usage = usage_pb2_grpc.UsageServiceStub(channel)
+        self.load = load
+        self.summary = summary
+        self.rng = random.Random(f"{seed}-ender")
+        self.batches = 0
+
+    async def run(self) -> None:
+        for n in itertools.count():
+            if not await self.load.wait_turn():
+                return
+            self.load.busy += 1
+            try:
+                await self.story(f"soak-end-{n:03d}")
+            finally:
+                self.load.busy -= 1
+            await asyncio.sleep(self.rng.uniform(*ENDING_PAUSE_S))
+
+    async def story(self, customer_id: str) -> None:
+        contract_id = f"{customer_id}-contract"
+        start_ms = month_start_ms(now_ms())
+        await self.create(customer_id, contract_id, start_ms)
+        model = ReferenceRating([], [], [], [], customer_id=customer_id, contract_start_ms=start_ms, block=False)
+        await self.end(contract_id, model, lambda _now: start_ms)  # at the start: INVALID_ARGUMENT
+        await self.end(contract_id, model, lambda now: now - 60_000)  # retroactive
+        await self.end(contract_id, model, lambda now: now + END_AHEAD_MS)  # taken
+        await self.end(contract_id, model, lambda _now: model.contract_end_ms or 0)  # again: a retry
+        await self.end(contract_id, model, lambda _now: (model.contract_end_ms or 0) + END_MOVED_MS)  # moved
+        sent_ms = now_ms()
+        await self.send(model, [sent_ms - 20, sent_ms - 10, sent_ms])
+        await self.end(contract_id, model, lambda now: now + 100)  # before usage recorded in its hour
+        await self.end(contract_id, model, lambda _now: (model.contract_end_ms or 0) + END_MOVED_MS)  # likewise
+        end_ms = model.contract_end_ms
+        if end_ms is None:  # a crash held the call past the second ahead: refused as before now
+            self.load.ending_customers.append(customer_id)
+            return
+        await asyncio.sleep(max(0, end_ms - now_ms() + 50) / 1000)
+        self.summary.contracts_ended += 1
+        await self.send(model, [end_ms - 1, end_ms, now_ms()])  # before the end, at it, after it
+        await self.end(contract_id, model, lambda now: now + HOUR_MS)  # passed: not moved
+        await self.end(contract_id, model, lambda _now: end_ms)  # its end sent again: answered
+        self.load.ending_customers.append(customer_id)
+
+    async def create(self, customer_id: str, contract_id: str, start_ms: int) -> None:
+        """The customer and its contract, open-ended, ALLOW, no grants (a retry that finds them made is answered)."""
+        customer = contracts_pb2.CreateCustomerRequest(id=customer_id, name=customer_id)
+        contract = contracts_pb2.CreateContractRequest(
+            id=contract_id,
+            customer_id=customer_id,
+            rate_card_id=RATE_CARD_ID,
+            starting_at=timestamp(start_ms),
+            overage_policy=contracts_pb2.ALLOW,
+            overage_price="1.5",
+            currency="USD",
+        )
+        for answer in (
+            await until_answered(lambda: self.contracts.CreateCustomer(customer, timeout=RPC_TIMEOUT_S)),
+            await until_answered(lambda: self.contracts.CreateContract(contract, timeout=RPC_TIMEOUT_S)),
+        ):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                check(answer.code() == grpc.StatusCode.ALREADY_EXISTS, f"{customer_id}: {answer.details()}")
+
+    async def end(self, contract_id: str, model: ReferenceRating, end_of: Callable[[int], int]) -> None:
+        """EndContract at the end `end_of` names from now: the answer is the model's at an instant between the
+        moments before the first attempt and after the answer (the model follows the server); GetContract then
+        shows the end the model holds."""
+        held = model.contract_end_ms
+        before = now_ms()
+        end_ms = end_of(before)
+        request = contracts_pb2.EndContractRequest(contract_id=contract_id, ending_before=timestamp(end_ms))
+        answer = await until_answered(lambda: self.contracts.EndContract(request, timeout=RPC_TIMEOUT_S))
+        after = now_ms()
+        got: EndOutcome
+        if isinstance(answer, grpc.aio.AioRpcError):
+            code, details = answer.code(), answer.details() or ""
+            if code == grpc.StatusCode.INVALID_ARGUMENT and "ending_before" in details:
+                got = ("after starting_at", None)
+            else:
+                check(code == grpc.StatusCode.FAILED_PRECONDITION, f"EndContract({contract_id}): {code} {details}")
+                got = refusal(details)
+            self.summary.contract_end_refusals += 1
+        else:
+            got = ("repeated" if end_ms == held else "ended", None)
+        expected = set()
+        for at_ms in (before, after):
+            expected.add(model.end_contract(end_ms, at_ms))
+            model.contract_end_ms = held  # end_contract takes an end it allows: taken below, as the server did
+        check(got in expected, f"EndContract({contract_id}, {end_ms}) answered {got}, the rules {expected}")
+        if got[0] == "ended":
+            model.contract_end_ms = end_ms
+            self.summary.contract_ends_taken += 1
+        shown = await until_answered(
+            lambda: self.contracts.GetContract(contracts_pb2.GetContractRequest(id=contract_id), timeout=RPC_TIMEOUT_S)
+        )
+        check(not isinstance(shown, grpc.aio.AioRpcError), f"GetContract({contract_id}): {shown}")
+        assert isinstance(shown, contracts_pb2.Contract)
+        shown_ms = ms_of(shown.ending_before) if shown.HasField("ending_before") else None
+        check(
+            shown_ms == model.contract_end_ms,
+            f"GetContract({contract_id}) ends at {shown_ms}, not {model.contract_end_ms}",
+        )
+
+    async def send(self, model: ReferenceRating, dates: Sequence[int]) -> None:
+        """A batch of the customer's usage at these dates (one call each, `tokens` 1 on the small model): those before
+        the end held accepted (or duplicates, when a resend finds them taken), the others NO_ACTIVE_CONTRACT."""
+        self.batches += 1
+        batch_id = f"ender-b{self.batches}"
+        events = [
+            usage_pb2.UsageEvent(
+                transaction_id=f"{batch_id}-e{i}",
+                customer_id=model.customer_id,
+                event_type=EVENT_TYPE,
+                timestamp_ms=date,
+                dimensions={"model": "small", "region": "eu"},
+                values={"tokens": 1.0},
+            )
+            for i, date in enumerate(dates)
+        ]
+        message = usage_pb2.UsageBatch(batch_id=batch_id, events=events)
+        self.load.ending_sent[batch_id] = SentBatch(batch_id, message, "ending")
+        ack = await send_until_answered(self.usage, message, 0.0)
+        taken = [model.in_force(date) for date in dates]
+        refused = [(i, usage_pb2.NO_ACTIVE_CONTRACT) for i, ok in enumerate(taken) if not ok]
+        check(
+            (ack.accepted + ack.duplicates, [(r.index, r.reason) for r in ack.rejected]) == (sum(taken), refused),
+            f"batch {batch_id} of {model.customer_id}, dated {list(dates)}, contract ending {model.contract_end_ms}: "
+            f"{ack}",
+        )
+        model.hours_recorded.update(date // HOUR_MS * HOUR_MS for date, ok in zip(dates, taken, strict=True) if ok)
+        self.summary.events_after_an_end_refused += len(refused)
+
+
+async def ending_client(target: str, load: Load, summary: SoakSummary, seed: int) -> None:
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        await ContractEnder(channel, load, summary, seed).run()
+
+
+def ms_of(stamp: timestamp_pb2.Timestamp) -> int:
+    return stamp.seconds * 1000 + stamp.nanos // 1_000_000
+
+
 # ---------------------------------------------------------------------------------------------
 # Setting up the catalogue
 
@@ -421,7 +603,16 @@ def check_journal_against_sends(reference: ReferenceBilling, load: Load, extra_b
     for record in reference.batches:
         sent = load.sent.get(record.batch_id)
         if sent is None:
-            check(record.batch_id in extra_batch_ids, f"record {record.seq}: batch {record.batch_id!r} nobody sent")
+            ending = load.ending_sent.get(record.batch_id)
+            check(
+                record.batch_id in extra_batch_ids or ending is not None,
+                f"record {record.seq}: batch {record.batch_id!r} nobody sent",
+            )
+            if ending is not None:  # its outcomes the reference recomputed, its client checked
+                check(
+                    record.contents == tuple(content_of_pb(e) for e in ending.message.events),
+                    f"record {record.seq}: batch {record.batch_id} journaled with other content than sent",
+                )
             continue
         events = sent.message.events
         check(
@@ -534,6 +725,7 @@ async def compare_reads(target: str, reference: ReferenceBilling, customers: Seq
                 "customer_id": contract.customer_id,
                 "rate_card_id": contract.rate_card_id,
                 "starting_at_ms": contract.starting_at.seconds * 1000 + contract.starting_at.nanos // 1_000_000,
+                "ending_before_ms": ms_of(contract.ending_before) if contract.HasField("ending_before") else None,
                 "overage_price": contract.overage_price,
                 "currency": contract.currency,
                 "grants": sorted(
@@ -614,6 +806,7 @@ class Soak:
                 for i in range(self.config.clients)
             ]
             tasks.append(asyncio.create_task(storm_client(self.server.target, load, self.config.seed)))
+            tasks.append(asyncio.create_task(ending_client(self.server.target, load, self.summary, self.config.seed)))
             try:
                 for crash in range(self.config.crashes):
                     await self._crash_cycle(crash, tasks)
@@ -669,7 +862,9 @@ class Soak:
         unacked = [b.batch_id for b in self.load.sent.values() if not b.acks]
         check(not unacked, f"after the resends, batches still unacknowledged: {unacked[:5]}")
         check_journal_against_sends(self.reference, self.load, self.extra_batch_ids)
-        self.summary.reads_compared += await compare_reads(self.server.target, self.reference, self.customers)
+        self.summary.reads_compared += await compare_reads(
+            self.server.target, self.reference, self.read_customers(self.reference)
+        )
         print(
             f"crash {crash + 1}/{self.config.crashes}: {len(self.load.sent)} batches, "
             f"{len(self.reference.accepted)} events verified, journal seq {self.reference.last_seq}",
@@ -746,7 +941,9 @@ class Soak:
                     f"{taken.destination}: not replayed_records={replayed}: {restored.log_tail(3)}",
                 )
                 reference = ReferenceBilling.from_journal(copied_journal)
-                self.summary.reads_compared += await compare_reads(restored.target, reference, self.customers)
+                self.summary.reads_compared += await compare_reads(
+                    restored.target, reference, self.read_customers(reference)
+                )
                 await resend_all_duplicates(restored.target, taken.acked_before)
                 check(await asyncio.to_thread(restored.terminate) == 0, f"{restored!r}: SIGTERM exit code")
             finally:
@@ -758,6 +955,13 @@ class Soak:
             f"{self.summary.backups_verified} verified",
             flush=True,
         )
+
+    def read_customers(self, reference: ReferenceBilling) -> list[str]:
+        """The load's customers, and the contract-ending client's whose story the reference holds whole."""
+        ending = [
+            c for c in self.load.ending_customers if c in reference.customers and reference.customers[c].contract_id
+        ]
+        return [*self.customers, *ending]
 
     async def _quiesce(self, tasks: Sequence[asyncio.Task[None]]) -> None:
         """Waits until no sender is mid-batch (every resend answered); a client that died re-raises here."""
@@ -840,21 +1044,23 @@ class Soak:
                 f"{customer_id}: from-scratch and incremental balances differ",
             )
         await asyncio.to_thread(self.server.start)
-        self.summary.reads_compared += await compare_reads(self.server.target, scratch, self.customers)
+        self.summary.reads_compared += await compare_reads(self.server.target, scratch, self.read_customers(scratch))
         await asyncio.to_thread(self.server.terminate)
 
         sent = self.load.sent.values()
         self.summary.batches_sent = len(self.load.sent)
         self.summary.batches_acknowledged = sum(1 for b in sent if b.acks)
         self.summary.events_acknowledged_and_verified = sum(b.size for b in sent if b.acks)
+        load_accepted = sum(1 for transaction_id in scratch.accepted if not transaction_id.startswith("ender-"))
         check(
-            self.summary.events_acknowledged_and_verified == len(scratch.accepted),
-            f"{len(scratch.accepted)} events in the journal, {self.summary.events_acknowledged_and_verified} sent",
+            self.summary.events_acknowledged_and_verified == load_accepted,
+            f"{load_accepted} events of the load in the journal, {self.summary.events_acknowledged_and_verified} sent",
         )
         self.summary.events_committed_but_first_ack_lost = sum(
             b.size for b in sent if b.acks and all(a.accepted == 0 for a in b.acks)
         )
         self.summary.journal_records = scratch.last_seq
+        self.summary.end_contract_records = scratch.ends_journaled
         self.summary.duplicates_answered = sum(a.duplicates for b in sent for a in b.acks)
         self.summary.storm_resends = self.load.storm_resends
         self.summary.stream_resent_batches = self.stats["stream_resent_batches"]

@@ -7,6 +7,15 @@ values, future timestamps). The world is set up through the Python control plane
 and rated by the kernel from UsageBatch bytes; the oracle rates the same events by hand. Every ack, bucket,
 grant balance and an Authorize estimate must agree exactly.
 
+Half the worlds also end their contract (EndContract, up to 4 times, between batches; tests/contract_ends.py
+draws the steps as the wire differential does), each requested at a time of its own: a moment in the 50 days the
+events span, or one before an event's date, or the end held once passed. The ends are drawn from that time (before
+it: refused; just after it; the coming hour boundaries, on and off them), from the dates of the events at or after
+it, sent or not (a millisecond before, at and after one, an hour before, its hour, the next hour), from the
+contract's start, or the end held (a retry). The control plane's answer (taken, a retry, or the refusal and the
+hour of usage it names, read from the kernel's hours) must be the oracle's, and the end it holds the oracle's;
+usage dated at or after the end is then NO_ACTIVE_CONTRACT, Authorize too.
+
 Short budgets by default; TARIFF_KERNEL_EXAMPLES raises them (make soak).
 """
 
@@ -20,13 +29,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from engine.contracts import OveragePolicy
 from engine.products import Aggregation
 from engine.ratecard import PriceSpec, TierMode
-from tests.engine_fixtures import EPOCH_MS, HOUR_MS, World, flat, package, rate, tiered, unit
+from tests.contract_ends import EndStep, end_at, end_steps, engine_end
+from tests.engine_fixtures import EPOCH_MS, HOUR_MS, MINUTE_MS, World, flat, package, rate, tiered, unit
 from tests.kernel_fixtures import KernelWorld, usage_event
 from tests.reference_billing import (
     RATING,
@@ -85,6 +95,10 @@ class Scenario:
     batches: tuple[tuple[REvent, ...], ...]
     received_ms: tuple[int, ...]
     probe: REvent
+    # EndContract of the contract, in order, each before the batch it names (after the last: len(batches)), and
+    # the time each is requested at (`at_ms` of its command; the oracle's `now`).
+    ends: tuple[EndStep, ...] = ()
+    end_clock: tuple[int, ...] = ()
 
 
 def decimals(low: int, high: int, places: int) -> st.SearchStrategy[Decimal]:
@@ -208,7 +222,21 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     probe = REvent(
         "probe", "acme", probe.event_type, EPOCH_MS + 50 * DAY_MS, probe.dimensions, (("a", 3.0), ("b", 7.5))
     )
-    return Scenario(catalogue, draw(st.booleans()), grants, batches, received, probe)
+    ends = draw(end_steps(len(batches)))
+    # When each end is requested: any moment of the events' span, or shortly before the date of an event sent
+    # before it (so that ends drawn from "now" fall among the dates of usage recorded, and of usage still to come).
+    end_clock = tuple(draw(end_times(batches, step)) for step in ends)
+    return Scenario(catalogue, draw(st.booleans()), grants, batches, received, probe, ends, end_clock)
+
+
+def end_times(batches: Sequence[Sequence[REvent]], step: EndStep) -> st.SearchStrategy[int]:
+    sent = [e.timestamp_ms for batch in batches[: step.before_batch] for e in batch]
+    dates = sorted(set(sent or [e.timestamp_ms for batch in batches for e in batch]))
+    before = st.sampled_from([0, 1, 10 * MINUTE_MS, HOUR_MS, DAY_MS])
+    return st.one_of(
+        st.integers(EPOCH_MS, EPOCH_MS + 50 * DAY_MS),
+        st.tuples(st.sampled_from(dates), before).map(lambda dated: dated[0] - dated[1]),
+    )
 
 
 def price_spec(curve: Curve) -> PriceSpec:
@@ -436,8 +464,32 @@ NETTED_CREDIT = gauge_and_sum(
 )
 
 
+# Ends requested 10 minutes before the first event's date, once it is recorded (batch 1 next): at that date (its hour
+# holds usage: refused, naming it), a second before now (refused), the hour after the second event's hour (taken),
+# that end again (a retry); the third event, after it, NO_ACTIVE_CONTRACT, the probe too; at the end, the end held
+# once it has passed, moved a moment later (refused).
+ENDED_BETWEEN_USAGE = dataclasses.replace(
+    gauge_and_sum(
+        (GrantSpec("g", Decimal(10), 0, (), EPOCH_MS, None),),
+        gauge_and_sum_event("t0", 1, 5, 1),
+        gauge_and_sum_event("t1", 2, 2, 3),
+        gauge_and_sum_event("t2", 3, 1, 1),
+        gauge_and_sum_event("probe", 4, 0, 2),
+    ),
+    ends=(
+        EndStep(1, "usage", 0, 0),
+        EndStep(1, "past", 0, 1_000),
+        EndStep(1, "usage-hour", 1, HOUR_MS),
+        EndStep(1, "again", 0, 0),
+        EndStep(3, "soon", 0, 200, wait=True),
+    ),
+    end_clock=(*[EPOCH_MS + DAY_MS + 50 * MINUTE_MS] * 4, EPOCH_MS + DAY_MS),
+)
+
+
 @PROFILE
 @given(scenarios())
+@example(ENDED_BETWEEN_USAGE)
 @example(TOTALS_PAST_128_BITS)
 @example(MULTIPLIED_IN_RANGE)
 @example(NETTED_OVERAGE)
@@ -450,13 +502,17 @@ def test_the_kernel_rates_as_the_oracle_does(scenario: Scenario) -> None:
 def rate_both(scenario: Scenario) -> None:
     kernel = build_kernel(scenario)
     oracle = build_oracle(scenario)
-    for batch, received in zip(scenario.batches, scenario.received_ms, strict=True):
+    for index, (batch, received) in enumerate(zip(scenario.batches, scenario.received_ms, strict=True)):
+        end_contract_before(kernel, oracle, scenario, index)
         ack = kernel.ingest([wire_event(e) for e in batch], received)  # type: ignore[misc]
         outcomes = [oracle.ingest(e, received) for e in batch]
         assert ack.accepted == outcomes.count("accepted")
         assert ack.duplicates == outcomes.count("duplicate")
         expected = [(i, o) for i, o in enumerate(outcomes) if o not in ("accepted", "duplicate")]
         assert [(r.index, REASONS[r.reason]) for r in ack.rejected] == expected
+        if oracle.contract_end_ms is not None and "NO_ACTIVE_CONTRACT" in outcomes:
+            event("usage at or after the end: NO_ACTIVE_CONTRACT")
+    end_contract_before(kernel, oracle, scenario, len(scenario.batches))
     assert kernel_usage(kernel) == oracle_usage(oracle)
     balance = kernel.balance(EPOCH_MS + 50 * DAY_MS)
     remaining = {grant_id: left + expired for grant_id, _, left, expired, _ in balance["grants"]}
@@ -467,3 +523,25 @@ def rate_both(scenario: Scenario) -> None:
         dict(probe.values), probe.timestamp_ms, event_type=probe.event_type, dimensions=dict(probe.dimensions)
     )
     assert (allowed, reason, cost) == oracle.authorize(probe)
+
+
+def end_contract_before(kernel: KernelWorld, oracle: ReferenceRating, scenario: Scenario, index: int) -> None:
+    """The EndContract steps before batch `index`, each at its own time: the control plane's answer (the usage it
+    refuses for read from the kernel's hours, as the server reads them) is the oracle's, and the end it holds too;
+    an end taken is compiled into the kernel's tables, as the server compiles it."""
+    world = kernel.world
+    world.engine.hours_recorded = kernel.hours_recorded
+    dates = [e.timestamp_ms for batch in scenario.batches for e in batch]  # in sending order: those sent first
+    for step, now in zip(scenario.ends, scenario.end_clock, strict=True):
+        if step.before_batch != index:
+            continue
+        held = oracle.contract_end_ms
+        if step.wait and held is not None:
+            now = max(now, held)  # the end held has passed: moving it is refused
+        end_ms = end_at(step, oracle, now, [date for date in dates if date >= now])
+        got = engine_end(world, "c-acme", end_ms, now)
+        assert got == oracle.end_contract(end_ms, now), (step, now, end_ms, got)
+        event(f"end {step.kind}: {got[0]}")
+        if got[0] == "ended":
+            kernel.load()
+        assert world.engine.state.contracts["c-acme"].ending_before_ms == oracle.contract_end_ms

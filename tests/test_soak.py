@@ -54,6 +54,10 @@ def test_short_soak_survives_kill9_with_every_acknowledged_event_once_and_reads_
     assert summary.identical_resends_tried == summary.identical_resends_counted_as_duplicates == 2 * CONFLICTS
     # Backups taken while clients ingest (some with the kill landing mid-copy): each completed one restored and checked.
     assert summary.backups_taken == BACKUPS and summary.backups_verified == summary.backups_completed
+    # Contracts ended under the load: each end taken journaled once, replayed through the kills (usage after it
+    # refused, GetContract and GetBalance checked against the journal after every crash).
+    assert summary.contract_ends_taken == summary.end_contract_records > 0 and summary.contract_end_refusals > 0
+    assert summary.contracts_ended > 0 and summary.events_after_an_end_refused > 0
     print(summary)
 
 

@@ -58,6 +58,7 @@ from hypothesis import strategies as st
 from tariff import TariffClient, TariffError
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
+from tests.contract_ends import EndStep, end_at, end_steps
 from tests.engine_fixtures import EPOCH_MS, HOUR_MS
 from tests.reference_billing import (
     RATING,
@@ -183,27 +184,6 @@ class WireScenario:
     closes: tuple[int | None, ...] = ()
     # EndContract of the contract, in order, each before the batch it names (after the last: len(batches)).
     ends: tuple[EndStep, ...] = ()
-
-
-@dataclass(frozen=True)
-class EndStep:
-    """EndContract of the example's contract, requested before batch `before_batch`, at an end drawn relative to
-    the time it is requested (`end_at`):
-    "start": the contract's start plus `offset_ms` (0 or an hour before: INVALID_ARGUMENT; a millisecond after:
-    retroactive); "past": `offset_ms` before now; "soon": `offset_ms` after now; "hour": the start of the hour
-    `hours` after the current one, plus `offset_ms` (on the hour, a millisecond, 10 minutes or all but a
-    millisecond into it); "usage": the timestamp of a "soon" event sent so far (the `hours`-th, cycling) plus
-    `offset_ms` (a millisecond before, at, a millisecond after, an hour before); "usage-hour": the start of that
-    event's hour, plus `offset_ms` (the hour itself, or the next one); "again": the end the contract has (a
-    retry). Without a "soon" event sent, "usage" kinds are "hour"s; without an end, "again" is one. `wait`: first
-    until the end the contract has passes, when it is within two seconds (so that an end that has passed is
-    requested to move, and later usage comes after it)."""
-
-    before_batch: int
-    kind: str
-    hours: int
-    offset_ms: int
-    wait: bool = False
 
 
 @st.composite
@@ -473,35 +453,6 @@ def calendar_scenarios(draw: st.DrawFn) -> WireScenario:
 
 
 MINUTE_MS = 60_000
-END_OFFSETS = {
-    "start": [0, -HOUR_MS, 1],
-    "past": [1_000, MINUTE_MS, HOUR_MS, 3 * DAY_MS],
-    "soon": [200, 1_500],
-    "hour": [0, 0, 1, 10 * MINUTE_MS, HOUR_MS - 1],
-    "usage": [-1, 0, 0, 1, -HOUR_MS],
-    "usage-hour": [0, HOUR_MS],
-    "again": [0],
-}
-
-
-@st.composite
-def end_steps(draw: st.DrawFn, batches: int) -> tuple[EndStep, ...]:
-    """Half the examples end their contract, up to 4 times (an end moved, retried, refused)."""
-    if draw(st.booleans()):
-        return ()
-    steps = []
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["start", "past", "soon", "hour", "hour", "usage", "usage", "usage-hour", "again"]))
-        steps.append(
-            EndStep(
-                draw(st.integers(0, batches)),
-                kind,
-                draw(st.integers(0, 2)),
-                draw(st.sampled_from(END_OFFSETS[kind])),
-                draw(st.integers(0, 2)) == 0,
-            )
-        )
-    return tuple(sorted(steps, key=lambda step: step.before_batch))
 
 
 # Writing the world over the wire ----------------------------------------------------------------------------------
@@ -867,29 +818,6 @@ def ingest(
         close_after(client, scenario, oracle, names, closed, index + run - 1)
         index += run
     end_contract_before(client, scenario, oracle, names, len(scenario.batches), soon)
-
-
-def end_at(step: EndStep, oracle: ReferenceCredits, now: int, soon: list[int]) -> int:
-    """The end `step` names when requested at `now` (see EndStep)."""
-    kind = step.kind
-    if (kind.startswith("usage") and not soon) or (kind == "again" and oracle.contract_end_ms is None):
-        kind = "hour"
-    match kind:
-        case "start":
-            return oracle.contract_start_ms + step.offset_ms
-        case "past":
-            return now - step.offset_ms
-        case "soon":
-            return now + step.offset_ms
-        case "usage":
-            return soon[step.hours % len(soon)] + step.offset_ms
-        case "usage-hour":
-            return soon[step.hours % len(soon)] // HOUR_MS * HOUR_MS + step.offset_ms
-        case "again":
-            assert oracle.contract_end_ms is not None
-            return oracle.contract_end_ms
-    offset = step.offset_ms if step.kind == "hour" else 0
-    return (now // HOUR_MS + step.hours) * HOUR_MS + offset
 
 
 EndOutcome = tuple[str, int | None]  # as ReferenceRating.end_contract answers
