@@ -193,6 +193,9 @@ class CustomerCommands(ControlPlane):
                 )
         self._check_no_rolling_grant_from(contract, end_ms)
         self._check_no_usage_from(contract, end_ms)
+        # A retry of the CreateContract that made it still answers it (the contract as it is now): the request it
+        # restates names the old end, so the record keeps that request's fingerprint before the end moves.
+        contract.request = self._held_print(contract) or b""
         contract.ending_before_ms = end_ms
         return contract
 

@@ -1342,7 +1342,9 @@ class ReferenceCredits(ReferenceRating):
         when usage is recorded in an hour ending after the new expiry, after the grant's start and before the expiry
         held (`hour` the latest such hour's first instant: whatever its products). Taken, the grant expires there as
         one granted so: it breaks what it holds then at the next tick, and, given a rollover fraction, rolls over at
-        its month's end only when the expiry is exactly that end (ExpireGrant marks it as GrantCredits does now)."""
+        its month's end only when the expiry is exactly that end (ExpireGrant marks it as GrantCredits does now).
+        ("rolled over", None) after "already expired": a grant given a rollover fraction whose month's end, where it
+        rolls over (`_roll_over`'s rule), is at or before `at_ms` has ended there."""
         grant = next((g for g in self.grants if g.id == grant_id), None)
         if grant is None:
             return "unknown", None
@@ -1353,6 +1355,9 @@ class ReferenceCredits(ReferenceRating):
             return "repeated", None
         if held_ms is not None and held_ms <= at_ms:
             return "already expired", None
+        rolls_at_ms = self._rolls_at(grant)
+        if rolls_at_ms is not None and rolls_at_ms <= at_ms:
+            return "rolled over", None
         if expires_ms < at_ms:
             return "before now", None
         if held_ms is not None and expires_ms > held_ms:
@@ -1365,6 +1370,17 @@ class ReferenceCredits(ReferenceRating):
         grant.expires_at_ms = expires_ms
         self.expiring_at_rollover_rolls.add(grant.id)
         return "expired", None
+
+    def _rolls_at(self, grant: RGrant) -> int | None:
+        """When a grant given a rollover fraction rolls over (the end of the calendar month it starts in), by
+        `_roll_over`'s rule; None for any other grant, or one expiring before then (it simply expires)."""
+        if grant.id not in self.rollover_given:
+            return None
+        end_ms = _month_start_ms(*month_of(grant.starts_at_ms), months_later=1)
+        tie_rolls = grant.expires_at_ms == end_ms and grant.id in self.expiring_at_rollover_rolls
+        if grant.expires_at_ms is not None and grant.expires_at_ms <= end_ms and not tie_rolls:
+            return None
+        return end_ms
 
     def held(self, grant_id: str) -> Decimal:
         return sum(

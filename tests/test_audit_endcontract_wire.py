@@ -276,3 +276,52 @@ def test_an_end_before_a_rolling_grants_start_is_refused_so_that_the_grant_keeps
         code, message = refused(client, "e10", h + HOUR_MS)
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "g10" in message, (code, message)
         assert end(client, "e10", h + 3 * HOUR_MS).ending_before.ToMilliseconds() == h + 3 * HOUR_MS
+
+
+def create_request(
+    contract_id: str, customer_id: str, start_ms: int, end_ms: int | None
+) -> contracts_pb2.CreateContractRequest:
+    request = contracts_pb2.CreateContractRequest(
+        id=contract_id, customer_id=customer_id, rate_card_id="card", starting_at=stamp(start_ms)
+    )
+    if end_ms is not None:
+        request.ending_before.CopyFrom(stamp(end_ms))
+    return request
+
+
+def test_the_create_contract_sent_again_after_its_end_moved_answers_the_contract_as_it_is_now(
+    server: ServerProcess,
+) -> None:
+    """README's retry rule: the same request again answers what the first call made, as it is now. `e11` created from
+    S ending at H + 3 h, then ended at H + 1 h; the same CreateContract again (naming H + 3 h) answers e11 as it is
+    now, ending at H + 1 h (as GrantCredits sent again after ExpireGrant answers the grant with its new expiry),
+    GetContract alike, no audit entry. A CreateContract under e11 naming H + 1 h is another request: ALREADY_EXISTS.
+    `end12`'s contract created without an id and open-ended (its key: the customer and S), ended at H + 2 h: the same
+    request again answers it ending at H + 2 h. Both retries answer alike after a kill -9 (the journal replayed).
+    It was ALREADY_EXISTS: the retry was compared with the request rebuilt from the contract, which names its new end."""
+    h = this_hour_ms()
+    s = month_start(h, -1)
+    first = create_request("e11", "end11", s, h + 3 * HOUR_MS)
+    unnamed = create_request("", "end12", s, None)
+    with server.client() as client:
+        for customer_id in ("end11", "end12"):
+            client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id=customer_id))
+        assert client.contracts.CreateContract(first).ending_before.ToMilliseconds() == h + 3 * HOUR_MS
+        ended = end(client, "e11", h + HOUR_MS)
+        made = client.contracts.CreateContract(unnamed)
+        assert not made.HasField("ending_before")
+        ended_unnamed = end(client, made.id, h + 2 * HOUR_MS)
+        assert client.contracts.CreateContract(first) == ended == get(client, "e11")
+        assert ended.ending_before.ToMilliseconds() == h + HOUR_MS
+        assert client.contracts.CreateContract(unnamed) == ended_unnamed == get(client, made.id)
+        assert ended_unnamed.ending_before.ToMilliseconds() == h + 2 * HOUR_MS
+        code, message = refusal(lambda: client.contracts.CreateContract(create_request("e11", "end11", s, h + HOUR_MS)))
+        assert code == grpc.StatusCode.ALREADY_EXISTS and "e11" in message, (code, message)
+        assert audit_actions(client, "e11") == ["CreateContract", "EndContract"]
+        assert audit_actions(client, made.id) == ["CreateContract", "EndContract"]
+    server.kill9()
+    server.start()
+    with server.client() as client:
+        assert client.contracts.CreateContract(first) == ended
+        assert client.contracts.CreateContract(unnamed) == ended_unnamed
+        assert audit_actions(client, "e11") == ["CreateContract", "EndContract"]

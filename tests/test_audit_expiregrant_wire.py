@@ -331,3 +331,36 @@ def test_a_top_up_grant_the_server_made_is_ended_early_by_its_id(server: ServerP
         shown = wait_for_expired(client, "x7", top_up_id, "9")
         assert (shown.amount, shown.drawn, shown.remaining, shown.expired) == ("10", "1", "0", "9") and conserved(shown)
         assert Decimal(revenue(client, "x7", s, month_start(h, 2)).reconciliation.breakage) == Decimal("0.9")
+
+
+def test_a_grant_that_has_already_rolled_over_is_refused_as_ended_and_nothing_changes(server: ServerProcess) -> None:
+    """`x8`: contract k-x8 from S; grant `g8` of 10 PROMOTIONAL credits naming it (so starting at S), rollover_fraction
+    0.5, no expiry: it rolls over at the end of the billing period it starts in, P (this month's first instant), which
+    has passed: the clock rolls 5 into a ROLLOVER grant and breaks 5. ExpireGrant of g8 at H + 1 h is then
+    FAILED_PRECONDITION, "has already ended: rolled over at P", as for an expired grant: g8 still shows no expiry,
+    its audit entries are GrantCredits alone. (It was taken, and g8's record given that expiry.)"""
+    h = this_hour_ms()
+    p = month_start(h)
+    with server.client() as client:
+        client.contracts.CreateCustomer(contracts_pb2.CreateCustomerRequest(id="x8"))
+        client.contracts.CreateContract(
+            contracts_pb2.CreateContractRequest(
+                id="k-x8", customer_id="x8", rate_card_id="card", starting_at=stamp(month_start(h, -1))
+            )
+        )
+        grant = contracts_pb2.Grant(
+            id="g8", contract_id="k-x8", kind=contracts_pb2.PROMOTIONAL, amount="10", rollover_fraction="0.5"
+        )
+        client.contracts.GrantCredits(contracts_pb2.GrantCreditsRequest(grant=grant))
+        rolled = f"rollover-g8-{p}"
+        for _ in range(400):  # the server's clock rolls it over a moment after it is due (it looks every 50 ms)
+            balance = client.balance.GetBalance(balance_pb2.GetBalanceRequest(customer_id="x8"))
+            if any(g.grant_id == rolled for g in balance.grants):
+                break
+            time.sleep(0.05)
+        assert grant_of(client, "x8", rolled).amount == "5"
+        code, message = refusal(lambda: expire(client, "x8", "g8", h + HOUR_MS))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, (code, message)
+        assert f"grant 'g8' has already ended: rolled over at {iso(p)}" in message, message
+        assert not grant_of(client, "x8", "g8").HasField("expires_at")
+        assert audit_actions(client, "g8") == ["GrantCredits"]

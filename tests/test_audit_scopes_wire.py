@@ -235,6 +235,12 @@ def _scoped_calls(client: TariffClient, customer: str, contract: str, rule: str)
         "GrantCredits(contract)": lambda: client.contracts.GrantCredits(
             contracts_pb2.GrantCreditsRequest(grant=contracts_pb2.Grant(id="g", contract_id=contract, amount="1"))
         ),
+        "EndContract": lambda: client.contracts.EndContract(
+            contracts_pb2.EndContractRequest(contract_id=contract, ending_before=end)
+        ),
+        "ExpireGrant": lambda: client.contracts.ExpireGrant(
+            contracts_pb2.ExpireGrantRequest(customer_id=customer, grant_id="scoped-grant", expires_at=end)
+        ),
         "DeleteAlertRule": lambda: client.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id=rule)),
         "DeleteAlertRule(deleted)": lambda: client.alerts.DeleteAlertRule(
             alerts_pb2.DeleteAlertRuleRequest(id=BETA_DELETED_RULE if rule == BETA_RULE else UNKNOWN_DELETED)
@@ -261,6 +267,36 @@ def test_every_scoped_rpc_refuses_an_unknown_id_in_the_words_it_refuses_a_foreig
         for beta_id, unknown_id in AS_UNKNOWN.items():
             as_unknown = as_unknown.replace(repr(beta_id), repr(unknown_id))
         assert (unknown_code, unknown_details) == (code, as_unknown), (name, details, unknown_details)
+    assert world.available(BETA) == beta_before
+
+
+def _end_and_expire(
+    client: TariffClient, customer: str, contract: str
+) -> tuple[tuple[grpc.StatusCode, str], tuple[grpc.StatusCode, str]]:
+    """EndContract of `contract` at 1970-01-01T00:00:01Z and ExpireGrant of `customer`'s grant `no-grant` then: each
+    call's status and message."""
+    at = Timestamp(seconds=1)
+    end = contracts_pb2.EndContractRequest(contract_id=contract, ending_before=at)
+    expire = contracts_pb2.ExpireGrantRequest(customer_id=customer, grant_id="no-grant", expires_at=at)
+    return code_of(lambda: client.contracts.EndContract(end)), code_of(lambda: client.contracts.ExpireGrant(expire))
+
+
+def test_a_restricted_admin_key_ends_its_own_customers_contract_and_grant_but_no_other(world: World) -> None:
+    """EndContract and ExpireGrant are scoped as GrantCredits and AddOverride are: acme-admin naming beta's contract
+    or beta's customer is PERMISSION_DENIED naming the key (the foreign and unknown ids are checked alike above);
+    naming acme's own it passes the key's check and reaches the call's rules: an end at 1970 on acme-2026 is
+    INVALID_ARGUMENT naming ending_before (not after its start), an unknown grant of acme NOT_FOUND naming it. Nothing
+    changes: acme-2026 stays open-ended, beta's balance as it was."""
+    beta_before = world.available(BETA)
+    with world.client("acme-admin") as admin_acme:
+        ended, expired = _end_and_expire(admin_acme, BETA, "beta-2026")
+        assert ended[0] == expired[0] == grpc.StatusCode.PERMISSION_DENIED, (ended, expired)
+        assert "acme-admin" in ended[1] and "acme-admin" in expired[1], (ended, expired)
+        ended, expired = _end_and_expire(admin_acme, ACME, "acme-2026")
+        assert ended[0] == grpc.StatusCode.INVALID_ARGUMENT and "ending_before" in ended[1], ended
+        assert expired[0] == grpc.StatusCode.NOT_FOUND and "no-grant" in expired[1], expired
+        acme = admin_acme.contracts.GetContract(contracts_pb2.GetContractRequest(id="acme-2026"))
+    assert not acme.HasField("ending_before")
     assert world.available(BETA) == beta_before
 
 

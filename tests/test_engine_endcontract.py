@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from engine import commands as cmd
-from engine.contracts import Contract
-from engine.errors import EngineError, FailedPrecondition, InvalidArgument, NotFound, Repeated
+from engine.contracts import Contract, OveragePolicy
+from engine.errors import AlreadyExists, EngineError, FailedPrecondition, InvalidArgument, NotFound, Repeated
 from engine.state import Engine
 from tests.engine_fixtures import ACTOR, EPOCH_MS, World
 
@@ -89,3 +89,28 @@ def test_an_ended_contract_is_not_moved_but_its_end_sent_again_answers() -> None
     assert "already ended" in refused(made, end(NOW_MS + HOUR_MS, "old"), FailedPrecondition)
     with pytest.raises(Repeated):
         made.apply(end(EPOCH_MS, "old"))
+
+
+def test_the_create_contract_sent_again_after_its_end_moved_is_repeated_with_the_contract_as_it_is_now() -> None:
+    """`k` created as a client leaves the defaults (no overage_price, no currency: the record keeps no fingerprint of
+    its own, its request is the one rebuilt from it, engine/control.py), open-ended, then ended at NOW + 1 h. The same
+    CreateContract again is Repeated with k ending at NOW + 1 h, nothing journaled; one naming that end is another
+    request, ALREADY_EXISTS. Alike on a machine replaying the journal and on one restored from a snapshot."""
+    made = world()
+    made.customer("beta")
+    create = cmd.CreateContract(EPOCH_MS, ACTOR, "k", "beta", "card", EPOCH_MS, None, OveragePolicy.ALLOW, "", "")
+    made.apply(create)
+    assert made.engine.state.contracts["k"].request == b""
+    made.apply(end(NOW_MS + HOUR_MS, "k"))
+    other = msgspec.structs.replace(create, ending_before_ms=NOW_MS + HOUR_MS)
+    replayed = Engine()
+    replayed.hours_recorded = lambda _customer_id: []
+    for seq, command in enumerate(made.journal, start=1):
+        replayed.apply(command, seq)
+    restored = Engine.from_snapshot(made.engine.encode_snapshot())
+    for engine in (made.engine, replayed, restored):
+        with pytest.raises(Repeated) as again:
+            engine.apply(create, len(made.journal) + 1)
+        assert isinstance(again.value.result, Contract) and again.value.result.ending_before_ms == NOW_MS + HOUR_MS
+        with pytest.raises(AlreadyExists):
+            engine.apply(other, len(made.journal) + 1)

@@ -691,7 +691,7 @@ class Credits(RuleBasedStateMachine):
         }[at]
         expires_ms = base + (0 if at == "again" else offset)
         expected = oracle.expire_grant(grant.id, expires_ms, self.now)
-        command = cmd.ExpireGrant(self.now, ACTOR, customer, grant.id, expires_ms)
+        command = cmd.ExpireGrant(self.now, ACTOR, customer, grant.id, expires_ms, rolled_over_refused=True)
         got: tuple[str, int | None]
         refusal = ""
         try:
@@ -878,6 +878,7 @@ def expire_refusal(message: str) -> tuple[str, int | None]:
         return "usage", round(datetime.fromisoformat(hour.group(1).replace("Z", "+00:00")).timestamp() * 1000)
     for kind, says in (
         ("already expired", "has already expired"),
+        ("rolled over", "has already ended: rolled over at"),
         ("before now", "before now"),
         ("only earlier", "only moved earlier"),
     ):

@@ -220,7 +220,12 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         if expires_at_ms is None:
             raise InvalidArgument.field("expires_at", "is required: the grant's new expiry")
         command = cmd.ExpireGrant(
-            self.clock_ms(), actor_of(context), request.customer_id, request.grant_id, expires_at_ms
+            self.clock_ms(),
+            actor_of(context),
+            request.customer_id,
+            request.grant_id,
+            expires_at_ms,
+            rolled_over_refused=True,
         )
         grant = await self._apply(command, Grant)
         return convert.grant_pb(grant)

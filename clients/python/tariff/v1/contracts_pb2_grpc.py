@@ -219,7 +219,11 @@ class ContractServiceServicer:
         dropped, after starts_at): INVALID_ARGUMENT naming expires_at otherwise.
         FAILED_PRECONDITION, nothing changed, when the grant has already expired
         (its expires_at is at or before the request's time: an expiry that has
-        passed is never moved), when the new expires_at is before the request's
+        passed is never moved), when it has already rolled over (a grant with a
+        rollover_fraction whose rollover, the end of the billing period it starts
+        in, is at or before the request's time: its remainder has moved to a
+        ROLLOVER grant or broken, and the message says "has already ended:
+        rolled over at" that end), when the new expires_at is before the request's
         time (no retroactive expiry: what drew on it stays drawn), when it is
         later than the grant's expires_at (an expiry is only moved earlier), or
         when usage of the customer is already recorded in an hour ending after the
