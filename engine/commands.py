@@ -231,20 +231,16 @@ class EndContract(msgspec.Struct, frozen=True, tag="end_contract"):
     ending_before_ms: int
 
 
-class ExpireGrant(msgspec.Struct, frozen=True, tag="expire_grant", omit_defaults=True):
+class ExpireGrant(msgspec.Struct, frozen=True, tag="expire_grant"):
     """Moves a grant's expires_at earlier, or sets it on a grant with none (engine/grants.py `_expire_grant`; the
     kernel's usage hours and grants it reads and the kernel's grant it moves, engine/billing.py). A command kind
-    of its own. `rolled_over_refused`: set by the server for every request it takes (server/services/contracts.py),
-    so a grant with a rollover fraction whose rollover has passed is refused as ended, as an expired grant is;
-    False (left out when stored, as records of the release that added ExpireGrant have none) moves its expiry, as
-    that release did."""
+    of its own, new with its rules: no record of an earlier release holds one, so it needs no server-set field."""
 
     at_ms: int
     actor: str
     customer_id: str
     grant_id: str
     expires_at_ms: int
-    rolled_over_refused: bool = False
 
 
 # Fields the server sets on every new command of their type, asked for by no caller; absent from the records of
@@ -291,7 +287,6 @@ SERVER_SET_FIELDS = (
     "refunds_netted",
     "closed_in_journal_order",
     "empty_filter_missing",
-    "rolled_over_refused",
 )
 
 

@@ -138,7 +138,7 @@ class GrantCommands(ControlPlane):
             raise FailedPrecondition(
                 f"grant {grant.id!r} has already expired, at {iso(held_ms)}: an expiry that has passed is not moved"
             )
-        rolls_at_ms = self._rolls_over_at(grant) if c.rolled_over_refused else None
+        rolls_at_ms = self._rolls_over_at(grant)
         if rolls_at_ms is not None and rolls_at_ms <= c.at_ms:
             # Its remainder has moved into a ROLLOVER grant (or broken): it pays for nothing more, as if expired.
             raise FailedPrecondition(

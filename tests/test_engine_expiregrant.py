@@ -26,7 +26,7 @@ FEB_MS = EPOCH_MS + 31 * DAY_MS
 
 def expire(grant_id: str, expires_at_ms: int, *, at_ms: int = T0, customer_id: str = "acme") -> cmd.ExpireGrant:
     """As the server sends it (server-set fields on)."""
-    return cmd.ExpireGrant(at_ms, ACTOR, customer_id, grant_id, expires_at_ms, rolled_over_refused=True)
+    return cmd.ExpireGrant(at_ms, ACTOR, customer_id, grant_id, expires_at_ms)
 
 
 def ledger(*grants: tuple[str, str, int | None]) -> Ledger:
@@ -176,12 +176,11 @@ def test_a_hold_on_the_grant_keeps_what_it_holds_which_breaks_when_released() ->
     assert (ended.held, ended.expired) == (0, picos("100")) and conserved(ended, T0 + 2 * HOUR_MS)
 
 
-def test_a_grant_rolled_over_is_refused_as_ended_but_a_record_stored_before_the_rule_replays_as_it_was_taken() -> None:
+def test_a_grant_rolled_over_is_refused_as_ended() -> None:
     """r (rollover 0.5, no expiry) rolls over at FEB_MS, the end of January's period. ExpireGrant at FEB_MS (the
     instant it rolls, before the clock has rolled it) and at FEB_MS + 1 day (after, 5 rolled into a ROLLOVER grant):
-    FAILED_PRECONDITION naming the rollover, nothing changed. The same command without `rolled_over_refused` (a
-    record of the release that added ExpireGrant) is taken as it was then: r's record expires at FEB_MS + 2 days. A
-    grant rolling over exactly at its expiry (FEB_MS) has expired by then: that refusal first."""
+    FAILED_PRECONDITION naming the rollover, nothing changed. A grant rolling over exactly at its expiry (FEB_MS) has
+    expired by then: that refusal first."""
     m = rolling_ledger(None)
     message = refused(m, expire("r", FEB_MS + 2 * DAY_MS, at_ms=FEB_MS), FailedPrecondition)
     assert "grant 'r' has already ended: rolled over at 2026-02-01T00:00:00Z" in message, message
@@ -189,10 +188,5 @@ def test_a_grant_rolled_over_is_refused_as_ended_but_a_record_stored_before_the_
     assert [(row[1], row[2]) for row in m.billing.kernel.made_grants("acme")] == [("ROLLOVER", picos("5"))]
     message = refused(m, expire("r", FEB_MS + 2 * DAY_MS, at_ms=FEB_MS + DAY_MS), FailedPrecondition)
     assert "rolled over at 2026-02-01T00:00:00Z" in message, message
-    earlier = msgspec.structs.replace(
-        expire("r", FEB_MS + 2 * DAY_MS, at_ms=FEB_MS + DAY_MS), rolled_over_refused=False
-    )
-    moved = m.run(earlier)
-    assert isinstance(moved, Grant) and moved.expires_at_ms == FEB_MS + 2 * DAY_MS
     tie = rolling_ledger(FEB_MS)
     assert "has already expired" in refused(tie, expire("r", FEB_MS + DAY_MS, at_ms=FEB_MS), FailedPrecondition)

@@ -691,7 +691,7 @@ class Credits(RuleBasedStateMachine):
         }[at]
         expires_ms = base + (0 if at == "again" else offset)
         expected = oracle.expire_grant(grant.id, expires_ms, self.now)
-        command = cmd.ExpireGrant(self.now, ACTOR, customer, grant.id, expires_ms, rolled_over_refused=True)
+        command = cmd.ExpireGrant(self.now, ACTOR, customer, grant.id, expires_ms)
         got: tuple[str, int | None]
         refusal = ""
         try:

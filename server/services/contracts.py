@@ -225,7 +225,6 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
             request.customer_id,
             request.grant_id,
             expires_at_ms,
-            rolled_over_refused=True,
         )
         grant = await self._apply(command, Grant)
         return convert.grant_pb(grant)
