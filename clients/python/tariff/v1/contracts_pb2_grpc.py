@@ -255,8 +255,12 @@ class ContractServiceServicer:
         the contract as it is. Usage dated at or after the new end is priced
         without the override (the rate card's price, or another override
         matching it); usage dated before it, late arrivals included, keeps it.
-        contract_id and override_id are required (INVALID_ARGUMENT naming them);
-        an unknown contract, or an override it does not hold, is NOT_FOUND.
+        An end off the hour splits its hour as any override's ending_before does
+        (PriceOverride.starting_at: a publish that would re-rate that hour's
+        matching usage is refused until the period closes); on the hour, nothing
+        is. contract_id and override_id are required (INVALID_ARGUMENT naming
+        them); an unknown contract, or an override it does not hold, is
+        NOT_FOUND.
         ending_before is required and held to AddOverride's rules (the time
         bounds, what finer than a millisecond is dropped, after the override's
         starting_at): INVALID_ARGUMENT naming ending_before otherwise.
