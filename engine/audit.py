@@ -292,7 +292,9 @@ def _audit_target(command: cmd.AdminCommand, result: object) -> str:
         case cmd.CreateContract():
             assert isinstance(result, Contract)
             return f"contract/{result.id}"
-        case cmd.AddOverride(contract_id=ident) | cmd.EndContract(contract_id=ident):
+        case (
+            cmd.AddOverride(contract_id=ident) | cmd.EndContract(contract_id=ident) | cmd.EndOverride(contract_id=ident)
+        ):
             return f"contract/{ident}"
         case cmd.GrantCredits(id=ident) | cmd.ExpireGrant(grant_id=ident):
             return f"grant/{ident}"

@@ -151,6 +151,7 @@ class Billing(PublishSteps, BillingReads):
         self.engine.period_read = self._period_read
         self.engine.kernel_recorded = self._kernel_recorded
         self.engine.hours_recorded = self._hours_recorded
+        self.engine.product_hours_recorded = self._product_hours_recorded
         self.engine.made_grant = self._made_grant
         self.engine.grant_expiry_moved = self._grant_expiry_moved
 
@@ -621,7 +622,14 @@ def _changed_customer(command: cmd.AdminCommand, result: object) -> str | None:
     match command:
         case cmd.CreateCustomer(id=customer_id):
             return customer_id
-        case cmd.CreateContract() | cmd.AddOverride() | cmd.EndContract() | cmd.GrantCredits() | cmd.ExpireGrant():
+        case (
+            cmd.CreateContract()
+            | cmd.AddOverride()
+            | cmd.EndContract()
+            | cmd.EndOverride()
+            | cmd.GrantCredits()
+            | cmd.ExpireGrant()
+        ):
             assert isinstance(result, Contract | Grant)
             return result.customer_id
         case cmd.ClosePeriod():

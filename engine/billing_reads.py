@@ -78,6 +78,14 @@ class BillingReads:
             return []
         return sorted({hour * HOUR_MS for hour, _product, _dimensions, _usages in found[1]})
 
+    def _product_hours_recorded(self, customer_id: str, product_id: str) -> list[int]:
+        """As `_hours_recorded`, of the customer's usage in one product: EndOverride refuses an end before usage the
+        override may already have priced."""
+        found = self.kernel.usage(customer_id)
+        if found is None:
+            return []
+        return sorted({hour * HOUR_MS for hour, product, _dimensions, _usages in found[1] if product == product_id})
+
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
         return self.kernel.adjustments(customer_id)

@@ -231,6 +231,18 @@ class EndContract(msgspec.Struct, frozen=True, tag="end_contract"):
     ending_before_ms: int
 
 
+class EndOverride(msgspec.Struct, frozen=True, tag="end_override"):
+    """Sets a contract override's ending_before, or moves it earlier (engine/customers.py `_end_override`; the usage
+    it checks for is the kernel's, engine/billing.py). A command kind of its own, new with its rules: no record of an
+    earlier release holds one, so it needs no server-set field."""
+
+    at_ms: int
+    actor: str
+    contract_id: str
+    override_id: str
+    ending_before_ms: int
+
+
 class ExpireGrant(msgspec.Struct, frozen=True, tag="expire_grant"):
     """Moves a grant's expires_at earlier, or sets it on a grant with none (engine/grants.py `_expire_grant`; the
     kernel's usage hours and grants it reads and the kernel's grant it moves, engine/billing.py). A command kind
@@ -540,6 +552,7 @@ AdminCommand = (
     | CreateContract
     | AddOverride
     | EndContract
+    | EndOverride
     | GrantCredits
     | ExpireGrant
     | RollbackRateCard

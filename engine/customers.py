@@ -1,4 +1,5 @@
-"""Customers, their contracts and contract overrides: CreateCustomer, CreateContract, AddOverride, EndContract."""
+"""Customers, their contracts and contract overrides: CreateCustomer, CreateContract, AddOverride, EndContract,
+EndOverride."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 import msgspec
 
 from engine import commands as cmd
-from engine.contracts import Contract, Customer
+from engine.contracts import Contract, Customer, Override
 from engine.control import (
     DAY_MS,
     ControlPlane,
@@ -26,6 +27,7 @@ from engine.errors import (
     FailedPrecondition,
     InvalidArgument,
     LimitReached,
+    NotFound,
     Repeated,
 )
 from engine.instants import iso
@@ -41,6 +43,8 @@ class CustomerCommands(ControlPlane):
     # The hours (their first instant, Unix ms) in which the kernel holds usage of a customer (engine/billing.py sets
     # it): a class default, so the Engine dataclass keeps its fields. EndContract reads it.
     hours_recorded: Callable[[str], list[int]] | None = None
+    # The same, of the customer's usage of one product (its id second): EndOverride reads it.
+    product_hours_recorded: Callable[[str, str], list[int]] | None = None
 
     def _create_customer(self, c: cmd.CreateCustomer) -> Customer:
         check_applied_id(c.id, "id")
@@ -198,6 +202,63 @@ class CustomerCommands(ControlPlane):
         contract.request = self._held_print(contract) or b""
         contract.ending_before_ms = end_ms
         return contract
+
+    def _end_override(self, c: cmd.EndOverride) -> Contract:
+        """Sets the override's end, or moves it earlier, within contracts.proto EndOverride's rules, checked in its
+        order; Repeated when the override already ends there (a retry). The override is replaced in its place: among
+        equally specific overrides the one added last still wins. The AddOverride that added it keeps its
+        fingerprint under its own key (`_add_override`), which this does not change: sent again, it still answers."""
+        if not c.contract_id:
+            raise InvalidArgument.field("contract_id", "is required: the contract holding the override")
+        if not c.override_id:
+            raise InvalidArgument.field("override_id", "is required: the override to end")
+        contract = self.contract(c.contract_id)  # NotFound
+        index = next((i for i, o in enumerate(contract.overrides) if o.id == c.override_id), None)
+        if index is None:
+            raise NotFound(f"contract {contract.id!r} has no override {c.override_id!r}")
+        override = contract.overrides[index]
+        new_ms, held_ms = c.ending_before_ms, override.ending_before_ms
+        if new_ms <= override.starting_at_ms:
+            raise InvalidArgument.field(
+                "ending_before", f"must be after the override's starting_at {iso(override.starting_at_ms)}"
+            )
+        if held_ms == new_ms:
+            raise Repeated(contract)
+        what = f"override {override.id!r} of contract {contract.id!r}"
+        if held_ms is not None and held_ms <= c.at_ms:
+            raise FailedPrecondition(
+                f"{what} has already ended, at {iso(held_ms)}: an end that has passed is not moved"
+            )
+        if new_ms < c.at_ms:
+            raise FailedPrecondition(
+                f"{what} cannot end at {iso(new_ms)}, before now ({iso(c.at_ms)}): usage already rated keeps its "
+                "price (publish a version to re-rate it)"
+            )
+        if held_ms is not None and new_ms > held_ms:
+            raise FailedPrecondition(
+                f"{what} cannot end at {iso(new_ms)}, after its end {iso(held_ms)}: an end is only moved earlier"
+            )
+        self._check_no_product_usage_after(contract, override, new_ms)
+        ended = msgspec.structs.replace(override, ending_before_ms=new_ms)
+        contract.overrides = (*contract.overrides[:index], ended, *contract.overrides[index + 1 :])
+        return contract
+
+    def _check_no_product_usage_after(self, contract: Contract, override: Override, end_ms: int) -> None:
+        """FAILED_PRECONDITION naming the latest hour holding usage of the customer in the override's product that
+        ends after `end_ms` and begins before the override's current end: the override may have priced it. Usage is
+        kept by the hour, so an hour holding the new end off the hour counts whole, and usage the override's match
+        would not price counts too (conservative). Events dated ahead of the clock (within --future-skew-s) can be
+        there."""
+        assert self.product_hours_recorded is not None, "the engine reads the kernel's hours through it (billing.py)"
+        held_end = override.ending_before_ms if override.ending_before_ms is not None else 2**63
+        recorded = self.product_hours_recorded(contract.customer_id, override.product_id)
+        hours = [hour for hour in recorded if hour + HOUR_MS > end_ms and hour < held_end]
+        if hours:
+            raise FailedPrecondition(
+                f"override {override.id!r} of contract {contract.id!r} cannot end at {iso(end_ms)}: usage of "
+                f"customer {contract.customer_id!r} in product {override.product_id!r} is recorded in the hour from "
+                f"{iso(max(hours))}, which it could have priced after that end (an hour's usage counts whole)"
+            )
 
     def _check_no_rolling_grant_from(self, contract: Contract, end_ms: int) -> None:
         """FAILED_PRECONDITION naming a grant with a rollover fraction that starts in the contract at or after

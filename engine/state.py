@@ -105,6 +105,8 @@ class Engine(
                 return self._add_override(command)
             case cmd.EndContract():
                 return self._end_contract(command)
+            case cmd.EndOverride():
+                return self._end_override(command)
             case cmd.GrantCredits():
                 return self._grant_credits(command)
             case cmd.ExpireGrant():

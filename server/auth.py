@@ -203,6 +203,7 @@ RULES: Mapping[str, Rule] = {
     "/tariff.v1.ContractService/GetContract": _rule(_READ, Scope.CONTRACT, "id"),
     "/tariff.v1.ContractService/AddOverride": _rule(ADMIN, Scope.CONTRACT, "contract_id"),
     "/tariff.v1.ContractService/EndContract": _rule(ADMIN, Scope.CONTRACT, "contract_id"),
+    "/tariff.v1.ContractService/EndOverride": _rule(ADMIN, Scope.CONTRACT, "contract_id"),
     "/tariff.v1.ContractService/GrantCredits": _rule(ADMIN, Scope.GRANT),
     "/tariff.v1.ContractService/ExpireGrant": _rule(ADMIN, Scope.FIELD, "customer_id"),
     "/tariff.v1.ContractService/SetTopUpPolicy": _rule(ADMIN, Scope.CONTRACT, "contract_id"),

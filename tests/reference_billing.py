@@ -540,7 +540,8 @@ class ReferenceBilling:
 # applicability. Plain data in, exact Decimals inside, picos out. Calendar-month periods (contracts start at
 # 00:00 UTC on the 1st), or monthly periods anchored on the contract's start (`period_anchor_ms`), some closed.
 # The contract may end (`end_contract`, contracts.proto EndContract): usage dated at or after its end is
-# NO_ACTIVE_CONTRACT, and an end is refused by the documented rules, usage being recorded by the hour.
+# NO_ACTIVE_CONTRACT, and an end is refused by the documented rules, usage being recorded by the hour. So may an
+# override (`end_override`, contracts.proto EndOverride): usage dated at or after its new end is priced without it.
 
 RATING = decimal.Context(prec=120, rounding=decimal.ROUND_HALF_EVEN)
 VALUE_LIMIT = Decimal(10) ** 15
@@ -784,6 +785,8 @@ class ReferenceRating:
         # an accepted event that feeds at least one product records its hour (EndContract reads those).
         self.contract_end_ms = contract_end_ms
         self.hours_recorded: set[int] = set()
+        # The same by product (the hours holding usage of each), for EndOverride's rule.
+        self.product_hours: dict[str, set[int]] = {}
 
     def in_force(self, ts_ms: int) -> bool:
         """Whether the contract prices usage dated ts_ms: from its start up to, not at, its end."""
@@ -814,6 +817,34 @@ class ReferenceRating:
         if hours:
             return "usage", max(hours)
         self.contract_end_ms = end_ms
+        return "ended", None
+
+    def end_override(self, index: int, end_ms: int, at_ms: int) -> tuple[str, int | None]:
+        """EndOverride of `overrides[index]` at `end_ms`, requested at `at_ms`, by contracts.proto's rules in the
+        order they are checked: ("ended", None) when taken, ("repeated", None) when the override already ends there;
+        refused, nothing changed: ("after starting_at", None) for an end at or before its start (INVALID_ARGUMENT;
+        unset, its start is 0, as the control plane holds it), ("already ended", None) when its end has passed,
+        ("before now", None), ("later", None) for an end after the one it has, ("usage", hour) when usage of its
+        product is recorded in an hour ending after the new end, before the end held (the latest such hour)."""
+        override = self.overrides[index]
+        held_ms = override.ending_before_ms
+        if end_ms <= (override.starting_at_ms or 0):
+            return "after starting_at", None
+        if end_ms == held_ms:
+            return "repeated", None
+        if held_ms is not None and held_ms <= at_ms:
+            return "already ended", None
+        if end_ms < at_ms:
+            return "before now", None
+        if held_ms is not None and end_ms > held_ms:
+            return "later", None
+        held_end = NEVER_MS if held_ms is None else held_ms
+        recorded = self.product_hours.get(override.product_id, set())
+        hours = [h for h in recorded if h + HOUR_MS > end_ms and h < held_end]
+        if hours:
+            return "usage", max(hours)
+        ended = dataclasses.replace(override, ending_before_ms=end_ms)
+        self.overrides = [*self.overrides[:index], ended, *self.overrides[index + 1 :]]
         return "ended", None
 
     def rolling_grant_from(self, end_ms: int) -> str | None:
@@ -852,6 +883,8 @@ class ReferenceRating:
         self._settle(event, plans)
         if plans:
             self.hours_recorded.add(event.timestamp_ms // HOUR_MS * HOUR_MS)
+        for plan in plans:
+            self.product_hours.setdefault(plan[0].id, set()).add(event.timestamp_ms // HOUR_MS * HOUR_MS)
         self.accepted[event.transaction_id] = (received_ms, content)
         return "accepted"
 

@@ -241,6 +241,9 @@ def _scoped_calls(client: TariffClient, customer: str, contract: str, rule: str)
         "ExpireGrant": lambda: client.contracts.ExpireGrant(
             contracts_pb2.ExpireGrantRequest(customer_id=customer, grant_id="scoped-grant", expires_at=end)
         ),
+        "EndOverride": lambda: client.contracts.EndOverride(
+            contracts_pb2.EndOverrideRequest(contract_id=contract, override_id="scoped-override", ending_before=end)
+        ),
         "DeleteAlertRule": lambda: client.alerts.DeleteAlertRule(alerts_pb2.DeleteAlertRuleRequest(id=rule)),
         "DeleteAlertRule(deleted)": lambda: client.alerts.DeleteAlertRule(
             alerts_pb2.DeleteAlertRuleRequest(id=BETA_DELETED_RULE if rule == BETA_RULE else UNKNOWN_DELETED)

@@ -211,6 +211,21 @@ class ContractService(_Base, contracts_pb2_grpc.ContractServiceServicer):
         return self._sent_contract(contract.id, f"contract {contract.id!r} was ended")
 
     @unary
+    async def EndOverride(self, request: contracts_pb2.EndOverrideRequest, context: Context) -> contracts_pb2.Contract:
+        """Sets the override's end, or moves it earlier (contracts.proto EndOverride); the engine holds the rules that
+        read the override, and the kernel's usage (engine/customers.py `_end_override`)."""
+        check_reference(request.contract_id, "contract_id", self.engine.state.contracts)
+        contract_now = self.engine.state.contracts.get(request.contract_id)
+        held_ids = {o.id for o in contract_now.overrides} if contract_now is not None else set()
+        check_reference(request.override_id, "override_id", held_ids)
+        end_ms = convert.optional_ms(request, "ending_before")
+        if end_ms is None:
+            raise InvalidArgument.field("ending_before", "is required: the override's new end")
+        command = cmd.EndOverride(self.clock_ms(), actor_of(context), request.contract_id, request.override_id, end_ms)
+        contract = await self._apply(command, Contract)
+        return self._sent_contract(contract.id, f"override {request.override_id!r} was ended")
+
+    @unary
     async def ExpireGrant(self, request: contracts_pb2.ExpireGrantRequest, context: Context) -> contracts_pb2.Grant:
         """Moves the grant's expiry earlier, or sets one (contracts.proto ExpireGrant); the engine holds the rules
         that read the grant, and the kernel's usage (engine/grants.py `_expire_grant`)."""

@@ -250,3 +250,13 @@ class ExpireGrantRequest(_message.Message):
     grant_id: str
     expires_at: _timestamp_pb2.Timestamp
     def __init__(self, customer_id: _Optional[str] = ..., grant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class EndOverrideRequest(_message.Message):
+    __slots__ = ("contract_id", "override_id", "ending_before")
+    CONTRACT_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDING_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    contract_id: str
+    override_id: str
+    ending_before: _timestamp_pb2.Timestamp
+    def __init__(self, contract_id: _Optional[str] = ..., override_id: _Optional[str] = ..., ending_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

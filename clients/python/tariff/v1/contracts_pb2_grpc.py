@@ -84,6 +84,11 @@ class ContractServiceStub:
                 request_serializer=tariff_dot_v1_dot_contracts__pb2.ExpireGrantRequest.SerializeToString,
                 response_deserializer=tariff_dot_v1_dot_contracts__pb2.Grant.FromString,
                 _registered_method=True)
+        self.EndOverride = channel.unary_unary(
+                '/tariff.v1.ContractService/EndOverride',
+                request_serializer=tariff_dot_v1_dot_contracts__pb2.EndOverrideRequest.SerializeToString,
+                response_deserializer=tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
+                _registered_method=True)
 
 
 class ContractServiceServicer:
@@ -239,6 +244,45 @@ class ContractServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndOverride(self, request, context):
+        """Ends a contract's price override early: sets its ending_before, or moves
+        it earlier, so that a discount given to a customer can be revoked (an
+        override without an end lasts for the contract's life). Answers the
+        contract as it is now, as AddOverride does. Key: the override and the
+        end: a retry, or any request naming the end the override has, answers
+        the contract as it is and changes nothing (after that end has passed
+        too); the AddOverride that added the override, sent again, still answers
+        the contract as it is. Usage dated at or after the new end is priced
+        without the override (the rate card's price, or another override
+        matching it); usage dated before it, late arrivals included, keeps it.
+        An end off the hour splits its hour as any override's ending_before does
+        (PriceOverride.starting_at: a publish that would re-rate that hour's
+        matching usage is refused until the period closes); on the hour, nothing
+        is. contract_id and override_id are required (INVALID_ARGUMENT naming
+        them); an unknown contract, or an override it does not hold, is
+        NOT_FOUND.
+        ending_before is required and held to AddOverride's rules (the time
+        bounds, what finer than a millisecond is dropped, after the override's
+        starting_at): INVALID_ARGUMENT naming ending_before otherwise.
+        FAILED_PRECONDITION, nothing changed, when the override has already
+        ended (its ending_before is at or before the request's time: an end that
+        has passed is never moved), when the new end is before the request's
+        time (no retroactive end: re-pricing usage already rated is what
+        publishing a version, and its re-rating, is for), when it is later than
+        the override's ending_before (an end is only moved earlier), or when
+        usage of the customer in the override's product is already recorded in
+        an hour ending after the new end (and before the override's current
+        end): usage is kept by the hour, so an hour holding the new end off the
+        hour counts whole, and usage its match would not price counts too
+        (conservative); events dated ahead of the clock, within
+        --future-skew-s, can be there: the message names the latest such hour.
+        The change is journaled and in the audit log (action EndOverride, target
+        contract/<id>).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContractServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -291,6 +335,11 @@ def add_ContractServiceServicer_to_server(servicer, server):
                     servicer.ExpireGrant,
                     request_deserializer=tariff_dot_v1_dot_contracts__pb2.ExpireGrantRequest.FromString,
                     response_serializer=tariff_dot_v1_dot_contracts__pb2.Grant.SerializeToString,
+            ),
+            'EndOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndOverride,
+                    request_deserializer=tariff_dot_v1_dot_contracts__pb2.EndOverrideRequest.FromString,
+                    response_serializer=tariff_dot_v1_dot_contracts__pb2.Contract.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +612,33 @@ class ContractService:
             '/tariff.v1.ContractService/ExpireGrant',
             tariff_dot_v1_dot_contracts__pb2.ExpireGrantRequest.SerializeToString,
             tariff_dot_v1_dot_contracts__pb2.Grant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tariff.v1.ContractService/EndOverride',
+            tariff_dot_v1_dot_contracts__pb2.EndOverrideRequest.SerializeToString,
+            tariff_dot_v1_dot_contracts__pb2.Contract.FromString,
             options,
             channel_credentials,
             insecure,

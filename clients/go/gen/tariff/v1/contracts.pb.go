@@ -596,7 +596,8 @@ type PriceOverride struct {
 	// PublishVersionRequest.effective_from) until the period closes; on the hour,
 	// nothing is refused.
 	StartingAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=starting_at,json=startingAt,proto3" json:"starting_at,omitempty"`
-	// Unset: open-ended. The override prices usage dated from starting_at up
+	// Unset: open-ended (EndOverride may set it, or move it earlier, later).
+	// The override prices usage dated from starting_at up
 	// to but not at ending_before, which must be after starting_at (at least a
 	// millisecond, what finer is dropped; INVALID_ARGUMENT naming
 	// override.ending_before otherwise).
@@ -1614,6 +1615,72 @@ func (x *ExpireGrantRequest) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type EndOverrideRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required; the contract holding the override (see the top of this file).
+	ContractId string `protobuf:"bytes,1,opt,name=contract_id,json=contractId,proto3" json:"contract_id,omitempty"`
+	// Required; the override to end (PriceOverride.id, as the contract answers
+	// it: the one AddOverride gave when the request left it empty).
+	OverrideId string `protobuf:"bytes,2,opt,name=override_id,json=overrideId,proto3" json:"override_id,omitempty"`
+	// Required: the override's new end, at or after the request's time, at or
+	// before its current ending_before, after its starting_at (see
+	// EndOverride).
+	EndingBefore  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=ending_before,json=endingBefore,proto3" json:"ending_before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndOverrideRequest) Reset() {
+	*x = EndOverrideRequest{}
+	mi := &file_tariff_v1_contracts_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndOverrideRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndOverrideRequest) ProtoMessage() {}
+
+func (x *EndOverrideRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tariff_v1_contracts_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndOverrideRequest.ProtoReflect.Descriptor instead.
+func (*EndOverrideRequest) Descriptor() ([]byte, []int) {
+	return file_tariff_v1_contracts_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *EndOverrideRequest) GetContractId() string {
+	if x != nil {
+		return x.ContractId
+	}
+	return ""
+}
+
+func (x *EndOverrideRequest) GetOverrideId() string {
+	if x != nil {
+		return x.OverrideId
+	}
+	return ""
+}
+
+func (x *EndOverrideRequest) GetEndingBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndingBefore
+	}
+	return nil
+}
+
 var File_tariff_v1_contracts_proto protoreflect.FileDescriptor
 
 const file_tariff_v1_contracts_proto_rawDesc = "" +
@@ -1743,7 +1810,13 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"customerId\x12\x19\n" +
 	"\bgrant_id\x18\x02 \x01(\tR\agrantId\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*E\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x97\x01\n" +
+	"\x12EndOverrideRequest\x12\x1f\n" +
+	"\vcontract_id\x18\x01 \x01(\tR\n" +
+	"contractId\x12\x1f\n" +
+	"\voverride_id\x18\x02 \x01(\tR\n" +
+	"overrideId\x12?\n" +
+	"\rending_before\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fendingBefore*E\n" +
 	"\rOveragePolicy\x12\x1e\n" +
 	"\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05ALLOW\x10\x01\x12\t\n" +
@@ -1754,7 +1827,7 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\vPROMOTIONAL\x10\x02\x12\f\n" +
 	"\bROLLOVER\x10\x03\x12\n" +
 	"\n" +
-	"\x06TOP_UP\x10\x042\xce\x05\n" +
+	"\x06TOP_UP\x10\x042\x91\x06\n" +
 	"\x0fContractService\x12G\n" +
 	"\x0eCreateCustomer\x12 .tariff.v1.CreateCustomerRequest\x1a\x13.tariff.v1.Customer\x12A\n" +
 	"\vGetCustomer\x12\x1d.tariff.v1.GetCustomerRequest\x1a\x13.tariff.v1.Customer\x12R\n" +
@@ -1765,7 +1838,8 @@ const file_tariff_v1_contracts_proto_rawDesc = "" +
 	"\fGrantCredits\x12\x1e.tariff.v1.GrantCreditsRequest\x1a\x10.tariff.v1.Grant\x12G\n" +
 	"\x0eSetTopUpPolicy\x12 .tariff.v1.SetTopUpPolicyRequest\x1a\x13.tariff.v1.Contract\x12A\n" +
 	"\vEndContract\x12\x1d.tariff.v1.EndContractRequest\x1a\x13.tariff.v1.Contract\x12>\n" +
-	"\vExpireGrant\x12\x1d.tariff.v1.ExpireGrantRequest\x1a\x10.tariff.v1.GrantB\xa0\x01\n" +
+	"\vExpireGrant\x12\x1d.tariff.v1.ExpireGrantRequest\x1a\x10.tariff.v1.Grant\x12A\n" +
+	"\vEndOverride\x12\x1d.tariff.v1.EndOverrideRequest\x1a\x13.tariff.v1.ContractB\xa0\x01\n" +
 	"\rcom.tariff.v1B\x0eContractsProtoP\x01Z:github.com/tariff/tariff/clients/go/gen/tariff/v1;tariffv1\xa2\x02\x03TXX\xaa\x02\tTariff.V1\xca\x02\tTariff\\V1\xe2\x02\x15Tariff\\V1\\GPBMetadata\xea\x02\n" +
 	"Tariff::V1b\x06proto3"
 
@@ -1782,7 +1856,7 @@ func file_tariff_v1_contracts_proto_rawDescGZIP() []byte {
 }
 
 var file_tariff_v1_contracts_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tariff_v1_contracts_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_tariff_v1_contracts_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_tariff_v1_contracts_proto_goTypes = []any{
 	(OveragePolicy)(0),            // 0: tariff.v1.OveragePolicy
 	(GrantKind)(0),                // 1: tariff.v1.GrantKind
@@ -1802,62 +1876,66 @@ var file_tariff_v1_contracts_proto_goTypes = []any{
 	(*SetTopUpPolicyRequest)(nil), // 15: tariff.v1.SetTopUpPolicyRequest
 	(*EndContractRequest)(nil),    // 16: tariff.v1.EndContractRequest
 	(*ExpireGrantRequest)(nil),    // 17: tariff.v1.ExpireGrantRequest
-	nil,                           // 18: tariff.v1.Customer.AttributesEntry
-	nil,                           // 19: tariff.v1.CreateCustomerRequest.AttributesEntry
-	nil,                           // 20: tariff.v1.PriceOverride.MatchEntry
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*EndOverrideRequest)(nil),    // 18: tariff.v1.EndOverrideRequest
+	nil,                           // 19: tariff.v1.Customer.AttributesEntry
+	nil,                           // 20: tariff.v1.CreateCustomerRequest.AttributesEntry
+	nil,                           // 21: tariff.v1.PriceOverride.MatchEntry
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_tariff_v1_contracts_proto_depIdxs = []int32{
-	18, // 0: tariff.v1.Customer.attributes:type_name -> tariff.v1.Customer.AttributesEntry
-	21, // 1: tariff.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
-	19, // 2: tariff.v1.CreateCustomerRequest.attributes:type_name -> tariff.v1.CreateCustomerRequest.AttributesEntry
+	19, // 0: tariff.v1.Customer.attributes:type_name -> tariff.v1.Customer.AttributesEntry
+	22, // 1: tariff.v1.Customer.created_at:type_name -> google.protobuf.Timestamp
+	20, // 2: tariff.v1.CreateCustomerRequest.attributes:type_name -> tariff.v1.CreateCustomerRequest.AttributesEntry
 	2,  // 3: tariff.v1.ListCustomersResponse.customers:type_name -> tariff.v1.Customer
-	20, // 4: tariff.v1.PriceOverride.match:type_name -> tariff.v1.PriceOverride.MatchEntry
-	21, // 5: tariff.v1.PriceOverride.starting_at:type_name -> google.protobuf.Timestamp
-	21, // 6: tariff.v1.PriceOverride.ending_before:type_name -> google.protobuf.Timestamp
-	21, // 7: tariff.v1.Contract.starting_at:type_name -> google.protobuf.Timestamp
-	21, // 8: tariff.v1.Contract.ending_before:type_name -> google.protobuf.Timestamp
+	21, // 4: tariff.v1.PriceOverride.match:type_name -> tariff.v1.PriceOverride.MatchEntry
+	22, // 5: tariff.v1.PriceOverride.starting_at:type_name -> google.protobuf.Timestamp
+	22, // 6: tariff.v1.PriceOverride.ending_before:type_name -> google.protobuf.Timestamp
+	22, // 7: tariff.v1.Contract.starting_at:type_name -> google.protobuf.Timestamp
+	22, // 8: tariff.v1.Contract.ending_before:type_name -> google.protobuf.Timestamp
 	7,  // 9: tariff.v1.Contract.overrides:type_name -> tariff.v1.PriceOverride
 	13, // 10: tariff.v1.Contract.grants:type_name -> tariff.v1.Grant
 	0,  // 11: tariff.v1.Contract.overage_policy:type_name -> tariff.v1.OveragePolicy
 	8,  // 12: tariff.v1.Contract.top_up:type_name -> tariff.v1.TopUpPolicy
-	21, // 13: tariff.v1.CreateContractRequest.starting_at:type_name -> google.protobuf.Timestamp
-	21, // 14: tariff.v1.CreateContractRequest.ending_before:type_name -> google.protobuf.Timestamp
+	22, // 13: tariff.v1.CreateContractRequest.starting_at:type_name -> google.protobuf.Timestamp
+	22, // 14: tariff.v1.CreateContractRequest.ending_before:type_name -> google.protobuf.Timestamp
 	0,  // 15: tariff.v1.CreateContractRequest.overage_policy:type_name -> tariff.v1.OveragePolicy
 	7,  // 16: tariff.v1.AddOverrideRequest.override:type_name -> tariff.v1.PriceOverride
 	1,  // 17: tariff.v1.Grant.kind:type_name -> tariff.v1.GrantKind
-	21, // 18: tariff.v1.Grant.starts_at:type_name -> google.protobuf.Timestamp
-	21, // 19: tariff.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 20: tariff.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
+	22, // 18: tariff.v1.Grant.starts_at:type_name -> google.protobuf.Timestamp
+	22, // 19: tariff.v1.Grant.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 20: tariff.v1.Grant.created_at:type_name -> google.protobuf.Timestamp
 	13, // 21: tariff.v1.GrantCreditsRequest.grant:type_name -> tariff.v1.Grant
 	8,  // 22: tariff.v1.SetTopUpPolicyRequest.top_up:type_name -> tariff.v1.TopUpPolicy
-	21, // 23: tariff.v1.EndContractRequest.ending_before:type_name -> google.protobuf.Timestamp
-	21, // 24: tariff.v1.ExpireGrantRequest.expires_at:type_name -> google.protobuf.Timestamp
-	3,  // 25: tariff.v1.ContractService.CreateCustomer:input_type -> tariff.v1.CreateCustomerRequest
-	4,  // 26: tariff.v1.ContractService.GetCustomer:input_type -> tariff.v1.GetCustomerRequest
-	5,  // 27: tariff.v1.ContractService.ListCustomers:input_type -> tariff.v1.ListCustomersRequest
-	10, // 28: tariff.v1.ContractService.CreateContract:input_type -> tariff.v1.CreateContractRequest
-	11, // 29: tariff.v1.ContractService.GetContract:input_type -> tariff.v1.GetContractRequest
-	12, // 30: tariff.v1.ContractService.AddOverride:input_type -> tariff.v1.AddOverrideRequest
-	14, // 31: tariff.v1.ContractService.GrantCredits:input_type -> tariff.v1.GrantCreditsRequest
-	15, // 32: tariff.v1.ContractService.SetTopUpPolicy:input_type -> tariff.v1.SetTopUpPolicyRequest
-	16, // 33: tariff.v1.ContractService.EndContract:input_type -> tariff.v1.EndContractRequest
-	17, // 34: tariff.v1.ContractService.ExpireGrant:input_type -> tariff.v1.ExpireGrantRequest
-	2,  // 35: tariff.v1.ContractService.CreateCustomer:output_type -> tariff.v1.Customer
-	2,  // 36: tariff.v1.ContractService.GetCustomer:output_type -> tariff.v1.Customer
-	6,  // 37: tariff.v1.ContractService.ListCustomers:output_type -> tariff.v1.ListCustomersResponse
-	9,  // 38: tariff.v1.ContractService.CreateContract:output_type -> tariff.v1.Contract
-	9,  // 39: tariff.v1.ContractService.GetContract:output_type -> tariff.v1.Contract
-	9,  // 40: tariff.v1.ContractService.AddOverride:output_type -> tariff.v1.Contract
-	13, // 41: tariff.v1.ContractService.GrantCredits:output_type -> tariff.v1.Grant
-	9,  // 42: tariff.v1.ContractService.SetTopUpPolicy:output_type -> tariff.v1.Contract
-	9,  // 43: tariff.v1.ContractService.EndContract:output_type -> tariff.v1.Contract
-	13, // 44: tariff.v1.ContractService.ExpireGrant:output_type -> tariff.v1.Grant
-	35, // [35:45] is the sub-list for method output_type
-	25, // [25:35] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	22, // 23: tariff.v1.EndContractRequest.ending_before:type_name -> google.protobuf.Timestamp
+	22, // 24: tariff.v1.ExpireGrantRequest.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 25: tariff.v1.EndOverrideRequest.ending_before:type_name -> google.protobuf.Timestamp
+	3,  // 26: tariff.v1.ContractService.CreateCustomer:input_type -> tariff.v1.CreateCustomerRequest
+	4,  // 27: tariff.v1.ContractService.GetCustomer:input_type -> tariff.v1.GetCustomerRequest
+	5,  // 28: tariff.v1.ContractService.ListCustomers:input_type -> tariff.v1.ListCustomersRequest
+	10, // 29: tariff.v1.ContractService.CreateContract:input_type -> tariff.v1.CreateContractRequest
+	11, // 30: tariff.v1.ContractService.GetContract:input_type -> tariff.v1.GetContractRequest
+	12, // 31: tariff.v1.ContractService.AddOverride:input_type -> tariff.v1.AddOverrideRequest
+	14, // 32: tariff.v1.ContractService.GrantCredits:input_type -> tariff.v1.GrantCreditsRequest
+	15, // 33: tariff.v1.ContractService.SetTopUpPolicy:input_type -> tariff.v1.SetTopUpPolicyRequest
+	16, // 34: tariff.v1.ContractService.EndContract:input_type -> tariff.v1.EndContractRequest
+	17, // 35: tariff.v1.ContractService.ExpireGrant:input_type -> tariff.v1.ExpireGrantRequest
+	18, // 36: tariff.v1.ContractService.EndOverride:input_type -> tariff.v1.EndOverrideRequest
+	2,  // 37: tariff.v1.ContractService.CreateCustomer:output_type -> tariff.v1.Customer
+	2,  // 38: tariff.v1.ContractService.GetCustomer:output_type -> tariff.v1.Customer
+	6,  // 39: tariff.v1.ContractService.ListCustomers:output_type -> tariff.v1.ListCustomersResponse
+	9,  // 40: tariff.v1.ContractService.CreateContract:output_type -> tariff.v1.Contract
+	9,  // 41: tariff.v1.ContractService.GetContract:output_type -> tariff.v1.Contract
+	9,  // 42: tariff.v1.ContractService.AddOverride:output_type -> tariff.v1.Contract
+	13, // 43: tariff.v1.ContractService.GrantCredits:output_type -> tariff.v1.Grant
+	9,  // 44: tariff.v1.ContractService.SetTopUpPolicy:output_type -> tariff.v1.Contract
+	9,  // 45: tariff.v1.ContractService.EndContract:output_type -> tariff.v1.Contract
+	13, // 46: tariff.v1.ContractService.ExpireGrant:output_type -> tariff.v1.Grant
+	9,  // 47: tariff.v1.ContractService.EndOverride:output_type -> tariff.v1.Contract
+	37, // [37:48] is the sub-list for method output_type
+	26, // [26:37] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_tariff_v1_contracts_proto_init() }
@@ -1875,7 +1953,7 @@ func file_tariff_v1_contracts_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tariff_v1_contracts_proto_rawDesc), len(file_tariff_v1_contracts_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -152,6 +152,7 @@ const (
 	ContractService_SetTopUpPolicy_FullMethodName = "/tariff.v1.ContractService/SetTopUpPolicy"
 	ContractService_EndContract_FullMethodName    = "/tariff.v1.ContractService/EndContract"
 	ContractService_ExpireGrant_FullMethodName    = "/tariff.v1.ContractService/ExpireGrant"
+	ContractService_EndOverride_FullMethodName    = "/tariff.v1.ContractService/EndOverride"
 )
 
 // ContractServiceClient is the client API for ContractService service.
@@ -258,6 +259,40 @@ type ContractServiceClient interface {
 	// latest such hour. The change is journaled and in the audit log (action
 	// ExpireGrant, target grant/<id>).
 	ExpireGrant(ctx context.Context, in *ExpireGrantRequest, opts ...grpc.CallOption) (*Grant, error)
+	// Ends a contract's price override early: sets its ending_before, or moves
+	// it earlier, so that a discount given to a customer can be revoked (an
+	// override without an end lasts for the contract's life). Answers the
+	// contract as it is now, as AddOverride does. Key: the override and the
+	// end: a retry, or any request naming the end the override has, answers
+	// the contract as it is and changes nothing (after that end has passed
+	// too); the AddOverride that added the override, sent again, still answers
+	// the contract as it is. Usage dated at or after the new end is priced
+	// without the override (the rate card's price, or another override
+	// matching it); usage dated before it, late arrivals included, keeps it.
+	// An end off the hour splits its hour as any override's ending_before does
+	// (PriceOverride.starting_at: a publish that would re-rate that hour's
+	// matching usage is refused until the period closes); on the hour, nothing
+	// is. contract_id and override_id are required (INVALID_ARGUMENT naming
+	// them); an unknown contract, or an override it does not hold, is
+	// NOT_FOUND.
+	// ending_before is required and held to AddOverride's rules (the time
+	// bounds, what finer than a millisecond is dropped, after the override's
+	// starting_at): INVALID_ARGUMENT naming ending_before otherwise.
+	// FAILED_PRECONDITION, nothing changed, when the override has already
+	// ended (its ending_before is at or before the request's time: an end that
+	// has passed is never moved), when the new end is before the request's
+	// time (no retroactive end: re-pricing usage already rated is what
+	// publishing a version, and its re-rating, is for), when it is later than
+	// the override's ending_before (an end is only moved earlier), or when
+	// usage of the customer in the override's product is already recorded in
+	// an hour ending after the new end (and before the override's current
+	// end): usage is kept by the hour, so an hour holding the new end off the
+	// hour counts whole, and usage its match would not price counts too
+	// (conservative); events dated ahead of the clock, within
+	// --future-skew-s, can be there: the message names the latest such hour.
+	// The change is journaled and in the audit log (action EndOverride, target
+	// contract/<id>).
+	EndOverride(ctx context.Context, in *EndOverrideRequest, opts ...grpc.CallOption) (*Contract, error)
 }
 
 type contractServiceClient struct {
@@ -368,6 +403,16 @@ func (c *contractServiceClient) ExpireGrant(ctx context.Context, in *ExpireGrant
 	return out, nil
 }
 
+func (c *contractServiceClient) EndOverride(ctx context.Context, in *EndOverrideRequest, opts ...grpc.CallOption) (*Contract, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Contract)
+	err := c.cc.Invoke(ctx, ContractService_EndOverride_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ContractServiceServer is the server API for ContractService service.
 // All implementations must embed UnimplementedContractServiceServer
 // for forward compatibility.
@@ -472,6 +517,40 @@ type ContractServiceServer interface {
 	// latest such hour. The change is journaled and in the audit log (action
 	// ExpireGrant, target grant/<id>).
 	ExpireGrant(context.Context, *ExpireGrantRequest) (*Grant, error)
+	// Ends a contract's price override early: sets its ending_before, or moves
+	// it earlier, so that a discount given to a customer can be revoked (an
+	// override without an end lasts for the contract's life). Answers the
+	// contract as it is now, as AddOverride does. Key: the override and the
+	// end: a retry, or any request naming the end the override has, answers
+	// the contract as it is and changes nothing (after that end has passed
+	// too); the AddOverride that added the override, sent again, still answers
+	// the contract as it is. Usage dated at or after the new end is priced
+	// without the override (the rate card's price, or another override
+	// matching it); usage dated before it, late arrivals included, keeps it.
+	// An end off the hour splits its hour as any override's ending_before does
+	// (PriceOverride.starting_at: a publish that would re-rate that hour's
+	// matching usage is refused until the period closes); on the hour, nothing
+	// is. contract_id and override_id are required (INVALID_ARGUMENT naming
+	// them); an unknown contract, or an override it does not hold, is
+	// NOT_FOUND.
+	// ending_before is required and held to AddOverride's rules (the time
+	// bounds, what finer than a millisecond is dropped, after the override's
+	// starting_at): INVALID_ARGUMENT naming ending_before otherwise.
+	// FAILED_PRECONDITION, nothing changed, when the override has already
+	// ended (its ending_before is at or before the request's time: an end that
+	// has passed is never moved), when the new end is before the request's
+	// time (no retroactive end: re-pricing usage already rated is what
+	// publishing a version, and its re-rating, is for), when it is later than
+	// the override's ending_before (an end is only moved earlier), or when
+	// usage of the customer in the override's product is already recorded in
+	// an hour ending after the new end (and before the override's current
+	// end): usage is kept by the hour, so an hour holding the new end off the
+	// hour counts whole, and usage its match would not price counts too
+	// (conservative); events dated ahead of the clock, within
+	// --future-skew-s, can be there: the message names the latest such hour.
+	// The change is journaled and in the audit log (action EndOverride, target
+	// contract/<id>).
+	EndOverride(context.Context, *EndOverrideRequest) (*Contract, error)
 	mustEmbedUnimplementedContractServiceServer()
 }
 
@@ -511,6 +590,9 @@ func (UnimplementedContractServiceServer) EndContract(context.Context, *EndContr
 }
 func (UnimplementedContractServiceServer) ExpireGrant(context.Context, *ExpireGrantRequest) (*Grant, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExpireGrant not implemented")
+}
+func (UnimplementedContractServiceServer) EndOverride(context.Context, *EndOverrideRequest) (*Contract, error) {
+	return nil, status.Error(codes.Unimplemented, "method EndOverride not implemented")
 }
 func (UnimplementedContractServiceServer) mustEmbedUnimplementedContractServiceServer() {}
 func (UnimplementedContractServiceServer) testEmbeddedByValue()                         {}
@@ -713,6 +795,24 @@ func _ContractService_ExpireGrant_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ContractService_EndOverride_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EndOverrideRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContractServiceServer).EndOverride(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContractService_EndOverride_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContractServiceServer).EndOverride(ctx, req.(*EndOverrideRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ContractService_ServiceDesc is the grpc.ServiceDesc for ContractService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -759,6 +859,10 @@ var ContractService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExpireGrant",
 			Handler:    _ContractService_ExpireGrant_Handler,
+		},
+		{
+			MethodName: "EndOverride",
+			Handler:    _ContractService_EndOverride_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

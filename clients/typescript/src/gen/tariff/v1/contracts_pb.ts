@@ -135,7 +135,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tariff/v1/contracts.proto.
  */
 export const file_tariff_v1_contracts: GenFile = /*@__PURE__*/
-  fileDesc("Chl0YXJpZmYvdjEvY29udHJhY3RzLnByb3RvEgl0YXJpZmYudjEiwAEKCEN1c3RvbWVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSNwoKYXR0cmlidXRlcxgDIAMoCzIjLnRhcmlmZi52MS5DdXN0b21lci5BdHRyaWJ1dGVzRW50cnkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqgEKFUNyZWF0ZUN1c3RvbWVyUmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEkQKCmF0dHJpYnV0ZXMYAyADKAsyMC50YXJpZmYudjEuQ3JlYXRlQ3VzdG9tZXJSZXF1ZXN0LkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIgChJHZXRDdXN0b21lclJlcXVlc3QSCgoCaWQYASABKAkiPQoUTGlzdEN1c3RvbWVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiWAoVTGlzdEN1c3RvbWVyc1Jlc3BvbnNlEiYKCWN1c3RvbWVycxgBIAMoCzITLnRhcmlmZi52MS5DdXN0b21lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiqgIKDVByaWNlT3ZlcnJpZGUSCgoCaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRIyCgVtYXRjaBgDIAMoCzIjLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlLk1hdGNoRW50cnkSFAoKbXVsdGlwbGllchgEIAEoCUgAEg8KBXByaWNlGAUgASgJSAASLwoLc3RhcnRpbmdfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgphZGp1c3RtZW50InkKC1RvcFVwUG9saWN5EhEKCXRocmVzaG9sZBgBIAEoCRITCgtyZWNoYXJnZV90bxgCIAEoCRIYChBwcmljZV9wZXJfY3JlZGl0GAMgASgJEhYKDm1heF9wZXJfcGVyaW9kGAQgASgNEhAKCGN1cnJlbmN5GAUgASgJIvcCCghDb250cmFjdBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIUCgxyYXRlX2NhcmRfaWQYAyABKAkSLwoLc3RhcnRpbmdfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCW92ZXJyaWRlcxgGIAMoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlEiAKBmdyYW50cxgHIAMoCzIQLnRhcmlmZi52MS5HcmFudBIwCg5vdmVyYWdlX3BvbGljeRgIIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYCSABKAkSJgoGdG9wX3VwGAogASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5EhAKCGN1cnJlbmN5GAsgASgJIo0CChVDcmVhdGVDb250cmFjdFJlcXVlc3QSCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSFAoMcmF0ZV9jYXJkX2lkGAMgASgJEi8KC3N0YXJ0aW5nX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lbmRpbmdfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg5vdmVyYWdlX3BvbGljeRgGIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYByABKAkSEAoIY3VycmVuY3kYCCABKAkiIAoSR2V0Q29udHJhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIlUKEkFkZE92ZXJyaWRlUmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIqCghvdmVycmlkZRgCIAEoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlIuICCgVHcmFudBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRITCgtjb250cmFjdF9pZBgDIAEoCRIiCgRraW5kGAQgASgOMhQudGFyaWZmLnYxLkdyYW50S2luZBIOCgZhbW91bnQYBSABKAkSEwoLcGFpZF9hbW91bnQYBiABKAkSEAoIcHJpb3JpdHkYByABKAUSHgoWYXBwbGljYWJsZV9wcm9kdWN0X2lkcxgIIAMoCRItCglzdGFydHNfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXJvbGxvdmVyX2ZyYWN0aW9uGAsgASgJEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKE0dyYW50Q3JlZGl0c1JlcXVlc3QSHwoFZ3JhbnQYASABKAsyEC50YXJpZmYudjEuR3JhbnQSEgoKcmVxdWVzdF9pZBgCIAEoCSJUChVTZXRUb3BVcFBvbGljeVJlcXVlc3QSEwoLY29udHJhY3RfaWQYASABKAkSJgoGdG9wX3VwGAIgASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5IlwKEkVuZENvbnRyYWN0UmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIxCg1lbmRpbmdfYmVmb3JlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJrChJFeHBpcmVHcmFudFJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSEAoIZ3JhbnRfaWQYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqRQoNT3ZlcmFnZVBvbGljeRIeChpPVkVSQUdFX1BPTElDWV9VTlNQRUNJRklFRBAAEgkKBUFMTE9XEAESCQoFQkxPQ0sQAipfCglHcmFudEtpbmQSGgoWR1JBTlRfS0lORF9VTlNQRUNJRklFRBAAEgsKB1BSRVBBSUQQARIPCgtQUk9NT1RJT05BTBACEgwKCFJPTExPVkVSEAMSCgoGVE9QX1VQEAQyzgUKD0NvbnRyYWN0U2VydmljZRJHCg5DcmVhdGVDdXN0b21lchIgLnRhcmlmZi52MS5DcmVhdGVDdXN0b21lclJlcXVlc3QaEy50YXJpZmYudjEuQ3VzdG9tZXISQQoLR2V0Q3VzdG9tZXISHS50YXJpZmYudjEuR2V0Q3VzdG9tZXJSZXF1ZXN0GhMudGFyaWZmLnYxLkN1c3RvbWVyElIKDUxpc3RDdXN0b21lcnMSHy50YXJpZmYudjEuTGlzdEN1c3RvbWVyc1JlcXVlc3QaIC50YXJpZmYudjEuTGlzdEN1c3RvbWVyc1Jlc3BvbnNlEkcKDkNyZWF0ZUNvbnRyYWN0EiAudGFyaWZmLnYxLkNyZWF0ZUNvbnRyYWN0UmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdBJBCgtHZXRDb250cmFjdBIdLnRhcmlmZi52MS5HZXRDb250cmFjdFJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSQQoLQWRkT3ZlcnJpZGUSHS50YXJpZmYudjEuQWRkT3ZlcnJpZGVSZXF1ZXN0GhMudGFyaWZmLnYxLkNvbnRyYWN0EkAKDEdyYW50Q3JlZGl0cxIeLnRhcmlmZi52MS5HcmFudENyZWRpdHNSZXF1ZXN0GhAudGFyaWZmLnYxLkdyYW50EkcKDlNldFRvcFVwUG9saWN5EiAudGFyaWZmLnYxLlNldFRvcFVwUG9saWN5UmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdBJBCgtFbmRDb250cmFjdBIdLnRhcmlmZi52MS5FbmRDb250cmFjdFJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSPgoLRXhwaXJlR3JhbnQSHS50YXJpZmYudjEuRXhwaXJlR3JhbnRSZXF1ZXN0GhAudGFyaWZmLnYxLkdyYW50QkUKDWRldi50YXJpZmYudjFQAVoyZ2l0aHViLmNvbS90YXJpZmYvdGFyaWZmL2dlbi9nby90YXJpZmYvdjE7dGFyaWZmdjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Chl0YXJpZmYvdjEvY29udHJhY3RzLnByb3RvEgl0YXJpZmYudjEiwAEKCEN1c3RvbWVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSNwoKYXR0cmlidXRlcxgDIAMoCzIjLnRhcmlmZi52MS5DdXN0b21lci5BdHRyaWJ1dGVzRW50cnkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiqgEKFUNyZWF0ZUN1c3RvbWVyUmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEkQKCmF0dHJpYnV0ZXMYAyADKAsyMC50YXJpZmYudjEuQ3JlYXRlQ3VzdG9tZXJSZXF1ZXN0LkF0dHJpYnV0ZXNFbnRyeRoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIgChJHZXRDdXN0b21lclJlcXVlc3QSCgoCaWQYASABKAkiPQoUTGlzdEN1c3RvbWVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiWAoVTGlzdEN1c3RvbWVyc1Jlc3BvbnNlEiYKCWN1c3RvbWVycxgBIAMoCzITLnRhcmlmZi52MS5DdXN0b21lchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiqgIKDVByaWNlT3ZlcnJpZGUSCgoCaWQYASABKAkSEgoKcHJvZHVjdF9pZBgCIAEoCRIyCgVtYXRjaBgDIAMoCzIjLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlLk1hdGNoRW50cnkSFAoKbXVsdGlwbGllchgEIAEoCUgAEg8KBXByaWNlGAUgASgJSAASLwoLc3RhcnRpbmdfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGiwKCk1hdGNoRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgphZGp1c3RtZW50InkKC1RvcFVwUG9saWN5EhEKCXRocmVzaG9sZBgBIAEoCRITCgtyZWNoYXJnZV90bxgCIAEoCRIYChBwcmljZV9wZXJfY3JlZGl0GAMgASgJEhYKDm1heF9wZXJfcGVyaW9kGAQgASgNEhAKCGN1cnJlbmN5GAUgASgJIvcCCghDb250cmFjdBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRIUCgxyYXRlX2NhcmRfaWQYAyABKAkSLwoLc3RhcnRpbmdfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKDWVuZGluZ19iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCW92ZXJyaWRlcxgGIAMoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlEiAKBmdyYW50cxgHIAMoCzIQLnRhcmlmZi52MS5HcmFudBIwCg5vdmVyYWdlX3BvbGljeRgIIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYCSABKAkSJgoGdG9wX3VwGAogASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5EhAKCGN1cnJlbmN5GAsgASgJIo0CChVDcmVhdGVDb250cmFjdFJlcXVlc3QSCgoCaWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSFAoMcmF0ZV9jYXJkX2lkGAMgASgJEi8KC3N0YXJ0aW5nX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCg1lbmRpbmdfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg5vdmVyYWdlX3BvbGljeRgGIAEoDjIYLnRhcmlmZi52MS5PdmVyYWdlUG9saWN5EhUKDW92ZXJhZ2VfcHJpY2UYByABKAkSEAoIY3VycmVuY3kYCCABKAkiIAoSR2V0Q29udHJhY3RSZXF1ZXN0EgoKAmlkGAEgASgJIlUKEkFkZE92ZXJyaWRlUmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIqCghvdmVycmlkZRgCIAEoCzIYLnRhcmlmZi52MS5QcmljZU92ZXJyaWRlIuICCgVHcmFudBIKCgJpZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRITCgtjb250cmFjdF9pZBgDIAEoCRIiCgRraW5kGAQgASgOMhQudGFyaWZmLnYxLkdyYW50S2luZBIOCgZhbW91bnQYBSABKAkSEwoLcGFpZF9hbW91bnQYBiABKAkSEAoIcHJpb3JpdHkYByABKAUSHgoWYXBwbGljYWJsZV9wcm9kdWN0X2lkcxgIIAMoCRItCglzdGFydHNfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXJvbGxvdmVyX2ZyYWN0aW9uGAsgASgJEi4KCmNyZWF0ZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkoKE0dyYW50Q3JlZGl0c1JlcXVlc3QSHwoFZ3JhbnQYASABKAsyEC50YXJpZmYudjEuR3JhbnQSEgoKcmVxdWVzdF9pZBgCIAEoCSJUChVTZXRUb3BVcFBvbGljeVJlcXVlc3QSEwoLY29udHJhY3RfaWQYASABKAkSJgoGdG9wX3VwGAIgASgLMhYudGFyaWZmLnYxLlRvcFVwUG9saWN5IlwKEkVuZENvbnRyYWN0UmVxdWVzdBITCgtjb250cmFjdF9pZBgBIAEoCRIxCg1lbmRpbmdfYmVmb3JlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJrChJFeHBpcmVHcmFudFJlcXVlc3QSEwoLY3VzdG9tZXJfaWQYASABKAkSEAoIZ3JhbnRfaWQYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicQoSRW5kT3ZlcnJpZGVSZXF1ZXN0EhMKC2NvbnRyYWN0X2lkGAEgASgJEhMKC292ZXJyaWRlX2lkGAIgASgJEjEKDWVuZGluZ19iZWZvcmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKkUKDU92ZXJhZ2VQb2xpY3kSHgoaT1ZFUkFHRV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIJCgVBTExPVxABEgkKBUJMT0NLEAIqXwoJR3JhbnRLaW5kEhoKFkdSQU5UX0tJTkRfVU5TUEVDSUZJRUQQABILCgdQUkVQQUlEEAESDwoLUFJPTU9USU9OQUwQAhIMCghST0xMT1ZFUhADEgoKBlRPUF9VUBAEMpEGCg9Db250cmFjdFNlcnZpY2USRwoOQ3JlYXRlQ3VzdG9tZXISIC50YXJpZmYudjEuQ3JlYXRlQ3VzdG9tZXJSZXF1ZXN0GhMudGFyaWZmLnYxLkN1c3RvbWVyEkEKC0dldEN1c3RvbWVyEh0udGFyaWZmLnYxLkdldEN1c3RvbWVyUmVxdWVzdBoTLnRhcmlmZi52MS5DdXN0b21lchJSCg1MaXN0Q3VzdG9tZXJzEh8udGFyaWZmLnYxLkxpc3RDdXN0b21lcnNSZXF1ZXN0GiAudGFyaWZmLnYxLkxpc3RDdXN0b21lcnNSZXNwb25zZRJHCg5DcmVhdGVDb250cmFjdBIgLnRhcmlmZi52MS5DcmVhdGVDb250cmFjdFJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSQQoLR2V0Q29udHJhY3QSHS50YXJpZmYudjEuR2V0Q29udHJhY3RSZXF1ZXN0GhMudGFyaWZmLnYxLkNvbnRyYWN0EkEKC0FkZE92ZXJyaWRlEh0udGFyaWZmLnYxLkFkZE92ZXJyaWRlUmVxdWVzdBoTLnRhcmlmZi52MS5Db250cmFjdBJACgxHcmFudENyZWRpdHMSHi50YXJpZmYudjEuR3JhbnRDcmVkaXRzUmVxdWVzdBoQLnRhcmlmZi52MS5HcmFudBJHCg5TZXRUb3BVcFBvbGljeRIgLnRhcmlmZi52MS5TZXRUb3BVcFBvbGljeVJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3QSQQoLRW5kQ29udHJhY3QSHS50YXJpZmYudjEuRW5kQ29udHJhY3RSZXF1ZXN0GhMudGFyaWZmLnYxLkNvbnRyYWN0Ej4KC0V4cGlyZUdyYW50Eh0udGFyaWZmLnYxLkV4cGlyZUdyYW50UmVxdWVzdBoQLnRhcmlmZi52MS5HcmFudBJBCgtFbmRPdmVycmlkZRIdLnRhcmlmZi52MS5FbmRPdmVycmlkZVJlcXVlc3QaEy50YXJpZmYudjEuQ29udHJhY3RCRQoNZGV2LnRhcmlmZi52MVABWjJnaXRodWIuY29tL3RhcmlmZi90YXJpZmYvZ2VuL2dvL3RhcmlmZi92MTt0YXJpZmZ2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message tariff.v1.Customer
@@ -371,7 +371,8 @@ export type PriceOverride = Message<"tariff.v1.PriceOverride"> & {
   startingAt?: Timestamp | undefined;
 
   /**
-   * Unset: open-ended. The override prices usage dated from starting_at up
+   * Unset: open-ended (EndOverride may set it, or move it earlier, later).
+   * The override prices usage dated from starting_at up
    * to but not at ending_before, which must be after starting_at (at least a
    * millisecond, what finer is dropped; INVALID_ARGUMENT naming
    * override.ending_before otherwise).
@@ -924,6 +925,42 @@ export const ExpireGrantRequestSchema: GenMessage<ExpireGrantRequest> = /*@__PUR
   messageDesc(file_tariff_v1_contracts, 15);
 
 /**
+ * @generated from message tariff.v1.EndOverrideRequest
+ */
+export type EndOverrideRequest = Message<"tariff.v1.EndOverrideRequest"> & {
+  /**
+   * Required; the contract holding the override (see the top of this file).
+   *
+   * @generated from field: string contract_id = 1;
+   */
+  contractId: string;
+
+  /**
+   * Required; the override to end (PriceOverride.id, as the contract answers
+   * it: the one AddOverride gave when the request left it empty).
+   *
+   * @generated from field: string override_id = 2;
+   */
+  overrideId: string;
+
+  /**
+   * Required: the override's new end, at or after the request's time, at or
+   * before its current ending_before, after its starting_at (see
+   * EndOverride).
+   *
+   * @generated from field: google.protobuf.Timestamp ending_before = 3;
+   */
+  endingBefore?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tariff.v1.EndOverrideRequest.
+ * Use `create(EndOverrideRequestSchema)` to create a new message.
+ */
+export const EndOverrideRequestSchema: GenMessage<EndOverrideRequest> = /*@__PURE__*/
+  messageDesc(file_tariff_v1_contracts, 16);
+
+/**
  * @generated from enum tariff.v1.OveragePolicy
  */
 export enum OveragePolicy {
@@ -1182,6 +1219,48 @@ export const ContractService: GenService<{
     methodKind: "unary";
     input: typeof ExpireGrantRequestSchema;
     output: typeof GrantSchema;
+  },
+  /**
+   * Ends a contract's price override early: sets its ending_before, or moves
+   * it earlier, so that a discount given to a customer can be revoked (an
+   * override without an end lasts for the contract's life). Answers the
+   * contract as it is now, as AddOverride does. Key: the override and the
+   * end: a retry, or any request naming the end the override has, answers
+   * the contract as it is and changes nothing (after that end has passed
+   * too); the AddOverride that added the override, sent again, still answers
+   * the contract as it is. Usage dated at or after the new end is priced
+   * without the override (the rate card's price, or another override
+   * matching it); usage dated before it, late arrivals included, keeps it.
+   * An end off the hour splits its hour as any override's ending_before does
+   * (PriceOverride.starting_at: a publish that would re-rate that hour's
+   * matching usage is refused until the period closes); on the hour, nothing
+   * is. contract_id and override_id are required (INVALID_ARGUMENT naming
+   * them); an unknown contract, or an override it does not hold, is
+   * NOT_FOUND.
+   * ending_before is required and held to AddOverride's rules (the time
+   * bounds, what finer than a millisecond is dropped, after the override's
+   * starting_at): INVALID_ARGUMENT naming ending_before otherwise.
+   * FAILED_PRECONDITION, nothing changed, when the override has already
+   * ended (its ending_before is at or before the request's time: an end that
+   * has passed is never moved), when the new end is before the request's
+   * time (no retroactive end: re-pricing usage already rated is what
+   * publishing a version, and its re-rating, is for), when it is later than
+   * the override's ending_before (an end is only moved earlier), or when
+   * usage of the customer in the override's product is already recorded in
+   * an hour ending after the new end (and before the override's current
+   * end): usage is kept by the hour, so an hour holding the new end off the
+   * hour counts whole, and usage its match would not price counts too
+   * (conservative); events dated ahead of the clock, within
+   * --future-skew-s, can be there: the message names the latest such hour.
+   * The change is journaled and in the audit log (action EndOverride, target
+   * contract/<id>).
+   *
+   * @generated from rpc tariff.v1.ContractService.EndOverride
+   */
+  endOverride: {
+    methodKind: "unary";
+    input: typeof EndOverrideRequestSchema;
+    output: typeof ContractSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tariff_v1_contracts, 0);
