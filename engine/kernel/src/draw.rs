@@ -217,7 +217,8 @@ pub fn settle_into<B: Balances + ?Sized>(
     outcomes: &mut Outcomes,
 ) {
     outcomes.clear();
-    outcomes.resize_with(charges.len(), Outcome::default);
+    // `extend` reserves once and writes each in place; `resize_with` checks the capacity per outcome.
+    outcomes.extend((0..charges.len()).map(|_| Outcome::default()));
     // Grants a refund gave credit back to: they may have had none, so not be in `order`.
     let mut returned: SmallVec<[u32; 4]> = SmallVec::new();
     let mut given = GivenBack::default();
