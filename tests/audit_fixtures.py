@@ -4,6 +4,7 @@ and what their answers are read as."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -119,3 +120,27 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def month_start(ms: int, months: int = 0) -> int:
+    """Unix ms of the first instant of the UTC month holding `ms`, moved by `months`."""
+    day = datetime.fromtimestamp(ms / 1000, UTC)
+    index = day.year * 12 + day.month - 1 + months
+    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def catalogue(client: TariffClient) -> None:
+    """One product, `units` (SUM of `n`), on `card` (credits) at a UNIT price of 1, in force from 2025-01-01."""
+    product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
+    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
+    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
+    rate = pricing_pb2.Rate(product_id="units", unit=pricing_pb2.UnitPrice(price="1"))
+    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[rate]))
+    start = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    client.pricing.PublishVersion(
+        pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(start))
+    )

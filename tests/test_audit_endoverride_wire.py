@@ -24,21 +24,10 @@ from tariff import TariffClient
 from tariff.v1 import balance_pb2, contracts_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, charges, refusal, rejected, serving, this_hour_ms
+from tests.audit_fixtures import HOUR_MS, charges, iso, month_start, refusal, rejected, serving, this_hour_ms
 from tests.serverproc import ServerProcess
 
 MINUTE_MS = 60_000
-
-
-def month_start(ms: int, months: int = 0) -> int:
-    """Unix ms of the first instant of the UTC month holding `ms`, moved by `months`."""
-    day = datetime.fromtimestamp(ms / 1000, UTC)
-    index = day.year * 12 + day.month - 1 + months
-    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def catalogue(client: TariffClient) -> None:

@@ -27,33 +27,10 @@ from tariff import TariffClient, now_ms
 from tariff.v1 import balance_pb2, contracts_pb2, invoices_pb2, pricing_pb2, usage_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, refusal, serving, this_hour_ms
+from tests.audit_fixtures import HOUR_MS, catalogue, iso, month_start, refusal, serving, this_hour_ms
 from tests.serverproc import ServerProcess
 
 MINUTE_MS = 60_000
-
-
-def month_start(ms: int, months: int = 0) -> int:
-    """Unix ms of the first instant of the UTC month holding `ms`, moved by `months`."""
-    day = datetime.fromtimestamp(ms / 1000, UTC)
-    index = day.year * 12 + day.month - 1 + months
-    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def catalogue(client: TariffClient) -> None:
-    product = pricing_pb2.Product(id="units", event_type="work", aggregation=pricing_pb2.SUM, value_key="n")
-    client.pricing.CreateProduct(pricing_pb2.CreateProductRequest(product=product))
-    client.pricing.CreateRateCard(pricing_pb2.CreateRateCardRequest(id="card", pricing_unit="credits"))
-    rate = pricing_pb2.Rate(product_id="units", unit=pricing_pb2.UnitPrice(price="1"))
-    client.pricing.CreateDraftVersion(pricing_pb2.CreateDraftVersionRequest(rate_card_id="card", upsert_rates=[rate]))
-    start = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
-    client.pricing.PublishVersion(
-        pricing_pb2.PublishVersionRequest(rate_card_id="card", version=1, effective_from=stamp(start))
-    )
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,10 @@ from tariff import TariffClient
 from tariff.v1 import contracts_pb2, pricing_pb2
 
 from server.convert import timestamp as stamp
-from tests.audit_fixtures import HOUR_MS, audit_count, serving, this_hour_ms, unit
+from tests.audit_fixtures import HOUR_MS, audit_count, month_start, serving, this_hour_ms, unit
 from tests.serverproc import ServerProcess
 
 JAN_2025_MS = int(datetime(2025, 1, 1, tzinfo=UTC).timestamp() * 1000)
-
-
-def month_start(ms: int, months: int = 0) -> int:
-    """Unix ms of the first instant of the UTC month holding `ms`, moved by `months`."""
-    day = datetime.fromtimestamp(ms / 1000, UTC)
-    index = day.year * 12 + day.month - 1 + months
-    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 def catalogue(client: TariffClient) -> None:
