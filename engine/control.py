@@ -12,7 +12,7 @@ import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from engine.ledger import Grant
 from engine.money import PICOS_PER_UNIT, format_decimal, format_picos
 from engine.pending import PendingRerating
 from engine.products import Product
-from engine.ratecard import RateCard
+from engine.ratecard import HOUR_MS, RateCard
 
 DAY_MS = 24 * 3_600_000
 ID_CHARS_MAX = 128
@@ -434,3 +434,12 @@ def _contract_id_suffix(starting_at_ms: int) -> str:
     if starting_at_ms % DAY_MS == 0:
         return datetime.fromtimestamp(starting_at_ms / 1000, UTC).strftime("%Y%m%d")
     return str(starting_at_ms)
+
+
+def latest_hour_across(hours: Iterable[int], from_ms: int, before_ms: int | None) -> int | None:
+    """The latest of `hours` (each an hour's first instant, Unix ms) that ends after `from_ms` and begins before
+    `before_ms` (None: unbounded), or None. Usage is kept by the hour, so usage in such an hour may be dated at or
+    after `from_ms`: EndContract, EndOverride and ExpireGrant refuse a change that such an hour holds usage across."""
+    bound_ms = before_ms if before_ms is not None else 2**63
+    across = [hour for hour in hours if hour + HOUR_MS > from_ms and hour < bound_ms]
+    return max(across) if across else None

@@ -17,6 +17,7 @@ from engine.control import (
     default_contract_id,
     fingerprint,
     keeping_print,
+    latest_hour_across,
     new_account,
     numbered_contract_id,
     shared_int,
@@ -32,7 +33,7 @@ from engine.errors import (
 )
 from engine.instants import iso
 from engine.money import parse_decimal
-from engine.ratecard import HOUR_MS, RateCard, normalize_match
+from engine.ratecard import RateCard, normalize_match
 
 # Shared by every customer created without attributes (most): an empty dict is 64 bytes, and a Customer is
 # frozen, its attributes never changed in place.
@@ -250,14 +251,13 @@ class CustomerCommands(ControlPlane):
         would not price counts too (conservative). Events dated ahead of the clock (within --future-skew-s) can be
         there."""
         assert self.product_hours_recorded is not None, "the engine reads the kernel's hours through it (billing.py)"
-        held_end = override.ending_before_ms if override.ending_before_ms is not None else 2**63
         recorded = self.product_hours_recorded(contract.customer_id, override.product_id)
-        hours = [hour for hour in recorded if hour + HOUR_MS > end_ms and hour < held_end]
-        if hours:
+        hour = latest_hour_across(recorded, end_ms, override.ending_before_ms)
+        if hour is not None:
             raise FailedPrecondition(
                 f"override {override.id!r} of contract {contract.id!r} cannot end at {iso(end_ms)}: usage of "
                 f"customer {contract.customer_id!r} in product {override.product_id!r} is recorded in the hour from "
-                f"{iso(max(hours))}, which it could have priced after that end (an hour's usage counts whole)"
+                f"{iso(hour)}, which it could have priced after that end (an hour's usage counts whole)"
             )
 
     def _check_no_rolling_grant_from(self, contract: Contract, end_ms: int) -> None:
@@ -277,16 +277,12 @@ class CustomerCommands(ControlPlane):
         by the hour, so an hour holding the new end off the hour counts whole (which of its units came before the end
         is not known). Events dated ahead of the clock (within --future-skew-s) can be there."""
         assert self.hours_recorded is not None, "the engine reads the kernel's hours through it (engine/billing.py)"
-        held_end = contract.ending_before_ms if contract.ending_before_ms is not None else 2**63
-        hours = [
-            hour
-            for hour in self.hours_recorded(contract.customer_id)
-            if hour + HOUR_MS > max(end_ms, contract.starting_at_ms) and hour < held_end
-        ]
-        if hours:
+        recorded = self.hours_recorded(contract.customer_id)
+        hour = latest_hour_across(recorded, max(end_ms, contract.starting_at_ms), contract.ending_before_ms)
+        if hour is not None:
             raise FailedPrecondition(
                 f"contract {contract.id!r} cannot end at {iso(end_ms)}: usage is recorded under it in the hour "
-                f"from {iso(max(hours))}, at or after that end (an hour's usage counts whole)"
+                f"from {iso(hour)}, at or after that end (an hour's usage counts whole)"
             )
 
 

@@ -10,7 +10,7 @@ import msgspec
 
 from engine import commands as cmd
 from engine._kernel import period_containing
-from engine.control import ControlPlane, check_applied_id, keeping_print, shared_int
+from engine.control import ControlPlane, check_applied_id, keeping_print, latest_hour_across, shared_int
 from engine.errors import (
     MADE_BY_ANOTHER_REQUEST,
     AlreadyExists,
@@ -23,7 +23,6 @@ from engine.errors import (
 from engine.instants import iso
 from engine.ledger import Grant, GrantKind
 from engine.money import DECIMAL_CONTEXT, parse_decimal, to_picos
-from engine.ratecard import HOUR_MS
 
 # Grants GrantCredits gives one customer at most: each is listed in its balance (GetBalance, WatchBalance) and its
 # contracts, one message each, never paged, and read where its usage draws. Checked when a command the server
@@ -186,13 +185,12 @@ class GrantCommands(ControlPlane):
         any product counts (conservative: the kernel keeps no draws by hour). Events dated ahead of the clock
         (within --future-skew-s) can be there."""
         assert self.hours_recorded is not None, "the engine reads the kernel's hours through it (engine/billing.py)"
-        held_end = grant.expires_at_ms if grant.expires_at_ms is not None else 2**63
-        floor_ms = max(expires_at_ms, grant.starts_at_ms)
-        hours = [h for h in self.hours_recorded(grant.customer_id) if h + HOUR_MS > floor_ms and h < held_end]
-        if hours:
+        recorded = self.hours_recorded(grant.customer_id)
+        hour = latest_hour_across(recorded, max(expires_at_ms, grant.starts_at_ms), grant.expires_at_ms)
+        if hour is not None:
             raise FailedPrecondition(
                 f"grant {grant.id!r} cannot expire at {iso(expires_at_ms)}: usage of customer {grant.customer_id!r} "
-                f"is recorded in the hour from {iso(max(hours))}, which could have drawn on it after that expiry "
+                f"is recorded in the hour from {iso(hour)}, which could have drawn on it after that expiry "
                 "(an hour's usage counts whole)"
             )
 
