@@ -16,11 +16,12 @@ from tariff.v1 import usage_pb2
 from engine import commands as cmd
 from engine.billing import Billing, Ingested, RatingChanged
 from engine.errors import AlreadyExists
+from engine.tables import FUTURE_SKEW_MS_DEFAULT
 from server.demo import demo_commands, load_demo
 from server.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from server.journal import JournalFull, MemoryJournal
 from server.records import JournalRecord, decode_record, encode_record
-from server.recovery import recover
+from server.recovery import _replay_record, recover
 from server.sequencer import Sequencer
 from server.snapshotting import SnapshotPolicy
 from server.usage_batches import UsageBatch
@@ -232,24 +233,7 @@ def test_replaying_the_journal_rebuilds_the_identical_state() -> None:
     live = run_with(journal, body)
     replayed = Billing()
     for seq, blob in journal.read_records(0):
-        record = decode_record(blob)
-        if record.usage is not None:
-            usage = record.usage
-            replayed.replay(
-                seq,
-                usage.batch,
-                usage.received_ms,
-                usage.digest,
-                top_ups_in_billed_period=usage.top_ups_in_billed_period,
-                returned_expired_credit_breaks=usage.returned_expired_credit_breaks,
-                reservation_ids_bounded=usage.reservation_ids_bounded,
-                returned_rolled_credit_breaks=usage.returned_rolled_credit_breaks,
-                duplicates_before_skew=usage.duplicates_before_skew,
-                refunds_netted=usage.refunds_netted,
-            )
-        else:
-            assert record.command is not None and not isinstance(record.command, cmd.IngestBatch)
-            replayed.apply(record.command, seq)
+        _replay_record(replayed, seq, decode_record(blob), FUTURE_SKEW_MS_DEFAULT)
     assert replayed.encode_snapshot() == live.encode_snapshot()
     # close() wrote a snapshot at the last seq: recovery through it gives the same state again.
     snapshot = journal.load_snapshot()
