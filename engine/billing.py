@@ -151,7 +151,7 @@ class Billing(PublishSteps, BillingReads):
         self.engine.period_read = self._period_read
         self.engine.kernel_recorded = self._kernel_recorded
         self.engine.hours_recorded = self._hours_recorded
-        self.engine.product_hours_recorded = self._product_hours_recorded
+        self.engine.product_hours_recorded = self._hours_recorded
         self.engine.made_grant = self._made_grant
         self.engine.grant_expiry_moved = self._grant_expiry_moved
 

@@ -70,21 +70,15 @@ class BillingReads:
         top_ups = sum(1 for made in self.kernel.made_grants(customer_id) if made[1] == GrantKind.TOP_UP)
         return top_ups, len(self.kernel.breakage(customer_id))
 
-    def _hours_recorded(self, customer_id: str) -> list[int]:
+    def _hours_recorded(self, customer_id: str, product_id: str | None = None) -> list[int]:
         """The first instants (Unix ms) of the hours in which the kernel holds usage of the customer (its hour
-        buckets): EndContract refuses an end before usage already recorded."""
+        buckets), of one product if given: EndContract and ExpireGrant refuse a change before usage already
+        recorded, EndOverride before usage of its product."""
         found = self.kernel.usage(customer_id)
         if found is None:
             return []
-        return sorted({hour * HOUR_MS for hour, _product, _dimensions, _usages in found[1]})
-
-    def _product_hours_recorded(self, customer_id: str, product_id: str) -> list[int]:
-        """As `_hours_recorded`, of the customer's usage in one product: EndOverride refuses an end before usage the
-        override may already have priced."""
-        found = self.kernel.usage(customer_id)
-        if found is None:
-            return []
-        return sorted({hour * HOUR_MS for hour, product, _dimensions, _usages in found[1] if product == product_id})
+        buckets = found[1]
+        return sorted({hour * HOUR_MS for hour, product, _d, _u in buckets if product_id in (None, product)})
 
     def _adjustments(self, customer_id: str) -> list[KernelAdjustment]:
         """The kernel's re-rating adjustments of a customer, oldest first (invoice lines show them)."""
