@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from engine import commands as cmd
+from engine._kernel import period_containing
 from engine.alerts import AlertBook
 from engine.contracts import Contract, Customer
 from engine.errors import InvalidArgument, NotFound, Repeated
@@ -345,6 +346,18 @@ class ControlPlane:
 
     def _contract_at(self, customer_id: str, ts_ms: int) -> Contract | None:
         return next((c for c in self.contracts_of(customer_id) if c.covers(ts_ms)), None)
+
+    def _rolls_over_at(self, grant: Grant) -> int | None:
+        """When the grant rolls over, as the kernel's `rollover_at` reads it: the end of the billing period of the
+        contract in force at its start; None when it has no rollover fraction, its start lies in no contract, or it
+        expires before that end (`Grant.expires_before_rollover`: it simply expires then)."""
+        if grant.rollover_fraction <= 0:
+            return None
+        contract = self._contract_at(grant.customer_id, grant.starts_at_ms)
+        if contract is None:
+            return None
+        rolls_at_ms = period_containing(contract.starting_at_ms, grant.starts_at_ms)[1]
+        return None if grant.expires_before_rollover(rolls_at_ms) else rolls_at_ms
 
 
 def check_text_map(entries: dict[str, str], field_path: str) -> None:

@@ -9,7 +9,6 @@ from decimal import Decimal
 import msgspec
 
 from engine import commands as cmd
-from engine._kernel import period_containing
 from engine.control import ControlPlane, check_applied_id, keeping_print, latest_hour_across, shared_int
 from engine.errors import (
     MADE_BY_ANOTHER_REQUEST,
@@ -165,18 +164,6 @@ class GrantCommands(ControlPlane):
         # As GrantCredits sets it now: a rolling grant expiring exactly at its period's end rolls over there.
         record.expiring_at_rollover_rolls = True
         return record
-
-    def _rolls_over_at(self, grant: Grant) -> int | None:
-        """When the grant rolls over, as the kernel's `rollover_at` reads it: the end of the billing period of the
-        contract in force at its start; None when it has no rollover fraction, its start lies in no contract, or it
-        expires before that end (`Grant.expires_before_rollover`: it simply expires then)."""
-        if grant.rollover_fraction <= 0:
-            return None
-        contract = self._contract_at(grant.customer_id, grant.starts_at_ms)
-        if contract is None:
-            return None
-        rolls_at_ms = period_containing(contract.starting_at_ms, grant.starts_at_ms)[1]
-        return None if grant.expires_before_rollover(rolls_at_ms) else rolls_at_ms
 
     def _check_no_usage_after(self, grant: Grant, expires_at_ms: int) -> None:
         """FAILED_PRECONDITION naming the latest hour holding usage of the customer that ends after `expires_at_ms`
