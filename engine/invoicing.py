@@ -133,13 +133,8 @@ class InvoiceCommands(ControlPlane):
         due by its period's end as the clock will roll them (those already rolled keep what they rolled)."""
         due: dict[str, tuple[int, int]] = {}
         for grant in self.state.accounts[customer_id].grants:
-            if grant.rollover_fraction <= 0:
-                continue
-            contract = self._contract_at(customer_id, grant.starts_at_ms)
-            if contract is None:
-                continue
-            rolls_at_ms = self._period_of(contract, grant.starts_at_ms)[1]
-            if not grant.expires_before_rollover(rolls_at_ms):
+            rolls_at_ms = self._rolls_over_at(grant)
+            if rolls_at_ms is not None:
                 due[grant.id] = (rolls_at_ms, int(grant.rollover_fraction.scaleb(18, context=DECIMAL_CONTEXT)))
         return due
 
